@@ -1,0 +1,60 @@
+"""Training modes: what a mode contributes to the one training loop in runtime.train.
+
+A mode is a module `runtime.modes.<name>` that defines `MODE`, a TrainMode. The
+loop owns the model, the plan, the optimizer, the schedule and logging; a mode
+supplies the samples and the loss (and, optionally, checks its `mode_args` and
+changes the model before it is parallelized, as LoRA does). Samples are pairs
+(inputs, labels) of int64 arrays of one sequence each; the loop batches them,
+runs `logits = model(inputs)` and calls `loss(logits, labels)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainMode:
+    """One training mode. Callables receive runtime objects (TrainArgs, ModelSpec, paddle tensors/layers)."""
+
+    name: str
+    # (args, spec, num_samples, seq_length) -> map-style dataset of (inputs, labels) int64 arrays [seq_length]
+    build_dataset: Callable
+    # (logits [b, s, vocab], labels [b, s]) -> scalar loss tensor; must work on distributed tensors
+    loss: Callable
+    # (args) -> None; raises ValueError for bad args.mode_args before anything heavy starts
+    check_args: Callable | None = None
+    # (model, args) -> model, applied before the model is parallelized
+    prepare_model: Callable | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("TrainMode: name must not be empty")
+        for field_name in ("build_dataset", "loss"):
+            if not callable(getattr(self, field_name)):
+                raise ValueError(f"TrainMode {self.name!r}: {field_name} must be callable")
+        for field_name in ("check_args", "prepare_model"):
+            value = getattr(self, field_name)
+            if value is not None and not callable(value):
+                raise ValueError(f"TrainMode {self.name!r}: {field_name} must be callable or None")
+
+
+def available_modes() -> tuple[str, ...]:
+    """Names of the mode modules present in this package."""
+    return tuple(sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")))
+
+
+def load_mode(name: str) -> TrainMode:
+    """The TrainMode of `runtime.modes.<name>`."""
+    if name not in available_modes():
+        raise ValueError(f"training mode {name!r} is not available; available: {', '.join(available_modes())}")
+    mode = importlib.import_module(f"{__name__}.{name}").MODE
+    if not isinstance(mode, TrainMode) or mode.name != name:
+        raise ValueError(f"runtime.modes.{name}.MODE must be a TrainMode named {name!r}")
+    return mode
+
+
+__all__ = ["TrainMode", "available_modes", "load_mode"]
