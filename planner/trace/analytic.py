@@ -37,9 +37,9 @@ class _BlockBuilder:
         if op.name in self.graph:
             raise ValueError(f"block {self.kind!r}: duplicate op name {op.name!r}")
         self.graph.add_node(op.name, op=op)
-        for producer in inputs:
+        for port, producer in enumerate(inputs):
             shape = self.graph.nodes[producer]["op"].out_shape
-            self.graph.add_edge(producer, op.name, shape=shape, bytes=_elements(shape) * self.dtype_bytes)
+            self.graph.add_edge(producer, op.name, shape=shape, bytes=_elements(shape) * self.dtype_bytes, port=port)
         return op.name
 
     def shape_of(self, node: str) -> tuple:
@@ -63,7 +63,7 @@ class _BlockBuilder:
         params = width * (2 if bias else 1)
         return self.add(OpNode(
             name=name, op_type="norm", layer_pattern=pattern, in_shapes=(shape,), out_shape=shape,
-            params=params, fwd_flops=5.0 * n, bwd_flops=10.0 * n,
+            weight_shape=(width,), params=params, fwd_flops=5.0 * n, bwd_flops=10.0 * n,
             bytes_moved=(2 * n + width) * self.dtype_bytes, saves_input=True,
             saved_extra_bytes=4.0 * n / width), (x,))
 
@@ -281,7 +281,8 @@ def _mtp(spec: ModelSpec, seq_len: int, dtype_bytes: int) -> Block:
         layer.nodes[node]["op"] = op.replace(name=f"mtp.{op.name}",
                                              layer_pattern=op.layer_pattern.replace(LAYER, f"{mtp}.layer"))
     b.graph = nx.union(b.graph, layer)
-    b.graph.add_edge(proj, rename[decoder.input_node], shape=("b", seq_len, h), bytes=seq_len * h * dtype_bytes)
+    b.graph.add_edge(proj, rename[decoder.input_node], shape=("b", seq_len, h), bytes=seq_len * h * dtype_bytes,
+                     port=0)
     b, _, loss = _head(spec, seq_len, dtype_bytes, b, rename[decoder.output_node], prefix="mtp.",
                        norm_pattern=f"{mtp}.shared_head.norm")
     return Block(kind="mtp", graph=b.graph, count=spec.num_mtp_layers, input_node=x, output_node=loss)

@@ -87,8 +87,10 @@ class Block:
     count: int
     input_node: str  # the node whose input is the block input (residual stream)
     output_node: str  # the node that produces the block output
+    order: tuple[str, ...] = ()  # op names in topological order (derived)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "order", tuple(nx.lexicographical_topological_sort(self.graph)))
         if self.kind not in BLOCK_KINDS:
             raise ValueError(f"block kind {self.kind!r} is not one of {', '.join(BLOCK_KINDS)}")
         if self.count < 1:
@@ -96,7 +98,7 @@ class Block:
 
     def ops(self) -> list[OpNode]:
         """The block's ops in a deterministic topological order."""
-        return [self.graph.nodes[n]["op"] for n in nx.lexicographical_topological_sort(self.graph)]
+        return [self.graph.nodes[n]["op"] for n in self.order]
 
     @property
     def params(self) -> int:
