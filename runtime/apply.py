@@ -142,9 +142,10 @@ def pattern_matches(pattern: str, model: "paddle.nn.Layer") -> list[str]:
 
 
 def _is_tensor(value) -> bool:
+    """A dygraph Tensor, or (inside dist.to_static tracing) a PIR Value."""
     import paddle
 
-    return isinstance(value, paddle.Tensor)
+    return paddle.is_tensor(value)
 
 
 def check_patterns(patterns, model: "paddle.nn.Layer", *, what: str) -> None:
@@ -222,8 +223,13 @@ def stage_meshes(mesh) -> list:
     return [mesh.get_mesh_with_dim("pp", k) for k in range(mesh.get_dim_size("pp"))]
 
 
-def parallelize_config(plan: "Plan", model: "paddle.nn.Layer") -> dict:
-    """The dist.parallelize `config` for `plan`, with every layer name checked against `model`."""
+def parallelize_config(plan: "Plan", model: "paddle.nn.Layer", *, to_static: bool = False) -> dict:
+    """The dist.parallelize `config` for `plan`, with every layer name checked against `model`.
+
+    For to_static, a column-parallel lm_head keeps its vocabulary-sharded logits (gather_output is
+    dropped): with the gather, Paddle 3.3.1's static matmul-grad SPMD rule rejects the backward pass
+    ("matmul grad infer spmd verify error"), and the loss reads sharded logits to the same result.
+    """
     import paddle.distributed as dist
 
     layout = plan.layout
@@ -239,6 +245,8 @@ def parallelize_config(plan: "Plan", model: "paddle.nn.Layer") -> dict:
         if not mp_plan:
             raise PlanMismatchError(f"the plan has mp={layout.mp} but an empty parallelize_plan")
         check_patterns(mp_plan, model, what="parallelize_plan")
+        if to_static:
+            mp_plan = {pattern: _without_head_gather(pattern, entries) for pattern, entries in mp_plan.items()}
         config["mp_config"] = {"parallelize_plan": tensor_parallel_plan(mp_plan)}
     if layout.dp > 1:
         level = plan.paddle_config.get("dp_config", {}).get("sharding_level", layout.sharding_stage)
@@ -247,6 +255,16 @@ def parallelize_config(plan: "Plan", model: "paddle.nn.Layer") -> dict:
                                     f"{layout.sharding_stage}")
         config["dp_config"] = {"sharding_level": layout.sharding_stage}
     return config
+
+
+def _without_head_gather(pattern: str, entries):
+    if not _matches_name(pattern, "lm_head"):
+        return entries
+    fixed = [{k: v for k, v in entry.items() if k != "gather_output"} if isinstance(entry, dict) else entry
+             for entry in (entries if isinstance(entries, list) else [entries])]
+    if fixed != (entries if isinstance(entries, list) else [entries]):
+        log.info("to_static: %s keeps vocabulary-sharded logits (gather_output dropped)", pattern)
+    return fixed if isinstance(entries, list) else fixed[0]
 
 
 def move_stage_inputs(model: "paddle.nn.Layer") -> None:

@@ -9,6 +9,8 @@ same global batch at the same step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 # Mixes the seed with the sample index into one RandomState seed (a large prime keeps them apart).
@@ -108,6 +110,80 @@ def _split(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(tokens[:-1]), np.ascontiguousarray(tokens[1:])
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CorpusStats:
+    """What preprocess_corpus wrote: documents, tokens (including appended EOS) and the token dtype."""
+
+    documents: int
+    tokens: int
+    dtype: str
+
+
+def load_tokenizer(directory: str):
+    """A tokenizer from a local directory (tokenizer.json / tokenizer_config.json or sentencepiece files)."""
+    from pathlib import Path
+
+    from paddleformers.transformers import AutoTokenizer
+
+    if not Path(directory).is_dir():
+        raise ValueError(f"tokenizer: {directory} is not a directory (give a local tokenizer directory)")
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def read_documents(path: str, *, json_key: str = "text"):
+    """Documents of a corpus file: one JSON object per line (text under `json_key`) for .jsonl/.json,
+    else one document per non-empty line of plain text."""
+    import json
+    from pathlib import Path
+
+    is_json = Path(path).suffix in (".jsonl", ".json")
+    with open(path, encoding="utf-8") as source:
+        for number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            if not is_json:
+                yield line.rstrip("\n")
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get(json_key), str):
+                raise ValueError(f"{path}:{number}: expected a JSON object with a string field {json_key!r}")
+            yield record[json_key]
+
+
+def preprocess_corpus(input_path: str, tokenizer_dir: str, output_prefix: str, *, json_key: str = "text",
+                      append_eos: bool = True) -> CorpusStats:
+    """Tokenize a corpus into output_prefix.bin/.idx (one item per document), readable by IndexedPretrainDataset.
+
+    Token ids are stored as uint16 when the vocabulary fits (< 65500, PaddleNLP's rule), else int32.
+    """
+    from pathlib import Path
+
+    from paddleformers.data.indexed_dataset import MMapIndexedDatasetBuilder
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    eos = tokenizer.eos_token_id if append_eos else None
+    if append_eos and eos is None:
+        raise ValueError(f"tokenizer {tokenizer_dir} has no eos token; pass append_eos=False (--no-eos) or add one")
+    dtype = np.uint16 if len(tokenizer) < 65500 else np.int32
+    Path(output_prefix).parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".bin", ".idx"):
+        Path(output_prefix + suffix).unlink(missing_ok=True)  # the builder appends to an existing .bin
+    builder = MMapIndexedDatasetBuilder(output_prefix + ".bin", dtype=dtype)
+    documents = tokens = 0
+    for text in read_documents(input_path, json_key=json_key):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+        if not ids:
+            continue
+        builder.add_item(np.array(ids, dtype=dtype))
+        builder.end_document()
+        documents += 1
+        tokens += len(ids)
+    if not documents:
+        raise ValueError(f"{input_path}: no documents with tokens")
+    builder.finalize(output_prefix + ".idx")
+    return CorpusStats(documents=documents, tokens=tokens, dtype=np.dtype(dtype).name)
+
+
 def build_pretrain_dataset(data: str, *, num_samples: int, seq_length: int, vocab_size: int, seed: int):
     """`data` is "mock" or a .bin/.idx path prefix; returns a map-style dataset of (input_ids, labels)."""
     if data == "mock":
@@ -116,4 +192,5 @@ def build_pretrain_dataset(data: str, *, num_samples: int, seq_length: int, voca
                                   seed=seed)
 
 
-__all__ = ["MockPretrainDataset", "IndexedPretrainDataset", "build_pretrain_dataset"]
+__all__ = ["MockPretrainDataset", "IndexedPretrainDataset", "CorpusStats", "build_pretrain_dataset", "load_tokenizer",
+           "preprocess_corpus", "read_documents"]

@@ -178,14 +178,24 @@ def _moe_classes(modeling):
     import paddle
 
     class AutoParallelTopkRouter(modeling.DeepseekV3TopkRouter):
-        """Group-limited top-k routing with the group mask built by one_hot instead of put_along_axis."""
+        """Sigmoid top-k routing; the group mask is built with one_hot instead of put_along_axis and the
+        weights are read with take_along_axis (Tensor.view and .gather misbehave on dist tensors)."""
+
+        def forward(self, hidden_states):
+            if not hidden_states.is_dist():
+                return super().forward(hidden_states)
+            flat = hidden_states.reshape([-1, self.config.hidden_size]).astype("float32")
+            scores = paddle.nn.functional.sigmoid(paddle.matmul(flat, self.weight.astype("float32")))
+            topk_indices = self._topk_indices(scores)
+            topk_weights = paddle.take_along_axis(scores, topk_indices, axis=1)
+            if self.norm_topk_prob:
+                topk_weights = topk_weights / (topk_weights.sum(axis=-1, keepdim=True) + 1e-20)
+            return topk_indices, topk_weights * self.routed_scaling_factor
 
         @paddle.no_grad()
-        def get_topk_indices(self, scores):
-            if not scores.is_dist():
-                return super().get_topk_indices(scores)
+        def _topk_indices(self, scores):
             experts_per_group = self.n_routed_experts // self.n_group
-            choice = scores.reshape([-1, self.n_routed_experts]) + self.e_score_correction_bias.unsqueeze(0)
+            choice = scores + self.e_score_correction_bias.unsqueeze(0)
             group_scores = choice.reshape([-1, self.n_group, experts_per_group]).topk(2, axis=-1)[0].sum(axis=-1)
             group_idx = paddle.topk(group_scores, k=self.topk_group, axis=-1, sorted=False)[1]
             group_mask = paddle.nn.functional.one_hot(group_idx, self.n_group).sum(axis=1)
@@ -198,16 +208,18 @@ def _moe_classes(modeling):
         same sum as sparse dispatch, with static shapes that auto-parallel can shard. Costs
         num_experts / top_k times the expert FLOPs, which only matters beyond the tiny CPU tests."""
 
-        def moe(self, hidden_states, topk_indices, topk_weights):
+        def forward(self, hidden_states):
             if not hidden_states.is_dist():
-                return super().moe(hidden_states, topk_indices, topk_weights)
-            num_experts = len(self.experts)
-            combine = (paddle.nn.functional.one_hot(topk_indices, num_experts).astype(topk_weights.dtype)
+                return super().forward(hidden_states)
+            shape = hidden_states.shape
+            topk_indices, topk_weights = self.gate(hidden_states)
+            flat = hidden_states.reshape([-1, shape[-1]])
+            combine = (paddle.nn.functional.one_hot(topk_indices, len(self.experts)).astype(topk_weights.dtype)
                        * topk_weights.unsqueeze(-1)).sum(axis=1)  # [tokens, experts]
-            output = paddle.zeros_like(hidden_states, dtype=topk_weights.dtype)
+            routed = paddle.zeros_like(flat, dtype=topk_weights.dtype)
             for index, expert in enumerate(self.experts):
-                output = output + expert(hidden_states) * combine[:, index:index + 1]
-            return output.astype(hidden_states.dtype)
+                routed = routed + expert(flat) * combine[:, index:index + 1]
+            return routed.astype(flat.dtype).reshape(shape) + self.shared_experts(hidden_states)
 
     return AutoParallelTopkRouter, AutoParallelMoE
 

@@ -195,7 +195,7 @@ class Trainer:
         if self.launch.world_size > 1:
             self.mesh = build_mesh(self.plan)
             dist.auto_parallel.set_mesh(self.mesh)
-            config = parallelize_config(self.plan, model)
+            config = parallelize_config(self.plan, model, to_static=args.to_static)
             model, optimizer = dist.parallelize(model, optimizer, config=config)
             if layout.pp > 1:
                 move_stage_inputs(model)

@@ -11,6 +11,7 @@ launch ends the run with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import linecache
 import logging
 import os
 import sys
@@ -22,11 +23,15 @@ if __package__ in (None, ""):  # run as a script (as paddle.distributed.launch d
 
 
 def _raised_by_project(err: BaseException) -> bool:
-    """Whether the innermost frame of `err` is project code (a user error we phrased), not Paddle's."""
+    """Whether a `raise` statement of project code raised `err` (a user error we phrased), rather than Paddle."""
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PROJECT_ROOT)
+    if tb is None:
+        return False
+    filename = tb.tb_frame.f_code.co_filename
+    return (Path(filename).resolve().is_relative_to(PROJECT_ROOT)
+            and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise"))
 
 
 def main(argv: list[str] | None = None) -> int:

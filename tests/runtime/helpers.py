@@ -24,7 +24,7 @@ MP_PLANS = {
         "model.layers.*.mlp.gate_proj": _COL,
         "model.layers.*.mlp.up_proj": _COL,
         "model.layers.*.mlp.down_proj": _ROW,
-        "lm_head": {"style": "ColWiseParallel", "gather_output": True},
+        "lm_head": {"style": "ColWiseParallel"},  # vocab-parallel logits: the loss reads them sharded
     },
     "qwen2": {
         "model.layers.*.self_attn.qkv_proj": _COL,
