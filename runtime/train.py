@@ -11,6 +11,7 @@ Rank 0 appends one JSON line per logged step to `output_dir/metrics.jsonl`:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ import paddle.distributed as dist
 from runtime.apply import (Launch, PlanMismatchError, build_mesh, check_plan, detect_launch, devices_string,
                            move_stage_inputs, parallelize_config, stage_meshes)
 from runtime.args import TrainArgs
+from runtime.checkpoint import save_checkpoint
 from runtime.cpu_shims import apply_cpu_shims
 from runtime.models import build_model
 from runtime.modes import load_mode
@@ -148,7 +150,7 @@ def lr_multiplier(args: TrainArgs, step: int) -> float:
 
 
 def build_optimizer(args: TrainArgs, model):
-
+    """AdamW with global-norm clipping under the warmup + decay schedule of `args`; returns (optimizer, schedule)."""
     schedule = paddle.optimizer.lr.LambdaDecay(learning_rate=args.learning_rate,
                                                lr_lambda=lambda step: lr_multiplier(args, step))
     clip = paddle.nn.ClipGradByGlobalNorm(args.max_grad_norm) if args.max_grad_norm > 0 else None
@@ -165,7 +167,6 @@ class Trainer:
     checkpoint or inspect: model (the parallelized causal LM), optimizer, plan, spec, args, launch, mesh."""
 
     def __init__(self, args: TrainArgs, *, plan: "Plan | None" = None, launch: Launch | None = None):
-
         self.args = args
         self.mode = load_mode(args.mode)
         if self.mode.check_args is not None:
@@ -180,6 +181,12 @@ class Trainer:
         if layout.pp > 1 and not args.to_static and not paddle.is_compiled_with_cuda():
             raise PlanMismatchError("pipeline stages in dynamic mode crash on CPU builds of Paddle 3.3.1 (cross-mesh "
                                     "reshard); set to_static=true")
+        if args.dtype != "float32" and not paddle.is_compiled_with_cuda():
+            raise ValueError(f"train args: dtype={args.dtype!r} needs a GPU build (Paddle's AMP does nothing on CPU); "
+                             "use float32")
+        if args.save_interval and args.to_static:
+            raise ValueError("train args: save_interval needs to_static=false (checkpoints are saved from the "
+                             "dynamic model)")
         shims = apply_cpu_shims()
         if shims:
             log.debug("CPU shims: %s", ", ".join(shims))
@@ -236,6 +243,10 @@ class Trainer:
             strategy.gradient_merge.enable = True
             strategy.gradient_merge.k_steps = layout.num_micro_batches
             strategy.gradient_merge.avg = True
+        if self.args.dtype != "float32":
+            strategy.amp.enable = True
+            strategy.amp.dtype = self.args.dtype
+            strategy.amp.level = "O1"
         loader = self.loader if self.mesh is not None else dist.shard_dataloader(
             self.loader, meshes=dist.ProcessMesh([0], dim_names=["dp"]))
         static = dist.to_static(self.logits_model, loader, self.mode.loss, self.optimizer, strategy)
@@ -261,17 +272,20 @@ class Trainer:
             loss = self._step(batches)
             elapsed = time.perf_counter() - start
             progress.update(1)
-            if step % args.log_interval and step != args.max_steps:
-                continue
-            metrics = StepMetrics(step=step, loss=loss, tokens_per_s=tokens_per_step / elapsed, step_time_s=elapsed,
-                                  lr=lr, tokens=step * tokens_per_step)
-            history.append(metrics)
-            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{metrics.tokens_per_s:.0f}")
-            if is_writer:
-                with open(output_dir / METRICS_FILE, "a") as sink:
-                    sink.write(metrics.to_json() + "\n")
-                log.info("step %d/%d loss %.6f tokens/s %.0f lr %.3g", step, args.max_steps, loss,
-                         metrics.tokens_per_s, lr)
+            last = step == args.max_steps
+            if step % args.log_interval == 0 or last:
+                metrics = StepMetrics(step=step, loss=loss, tokens_per_s=tokens_per_step / elapsed,
+                                      step_time_s=elapsed, lr=lr, tokens=step * tokens_per_step)
+                history.append(metrics)
+                progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{metrics.tokens_per_s:.0f}")
+                if is_writer:
+                    with open(output_dir / METRICS_FILE, "a") as sink:
+                        sink.write(metrics.to_json() + "\n")
+                    log.info("step %d/%d loss %.6f tokens/s %.0f lr %.3g", step, args.max_steps, loss,
+                             metrics.tokens_per_s, lr)
+            if args.save_interval and (step % args.save_interval == 0 or last):
+                save_checkpoint(output_dir, step, self.model, self.optimizer,
+                                extra={"consumed_samples": step * self.global_batch})
         progress.close()
         return history
 
@@ -283,7 +297,8 @@ class Trainer:
             if self.static_model is not None:
                 losses.append(self.static_model(inputs, labels))
                 continue
-            loss = self.mode.loss(self.logits_model(inputs), labels)
+            with self._autocast():
+                loss = self.mode.loss(self.logits_model(inputs), labels)
             (loss / self.micro_steps if self.micro_steps > 1 else loss).backward()
             losses.append(_replicated_value(loss))
         if self.static_model is None:
@@ -294,9 +309,14 @@ class Trainer:
             return self._static_loss(losses)
         return sum(losses) / len(losses)
 
+    def _autocast(self):
+        """bfloat16/float16 compute with float32 master weights (AMP O1) when args.dtype asks for it."""
+        if self.args.dtype == "float32":
+            return contextlib.nullcontext()
+        return paddle.amp.auto_cast(dtype=self.args.dtype, level="O1")
+
     def _static_loss(self, losses) -> float:
         """Static runs return the loss only on ranks of the last pipeline stage: average what the ranks have."""
-
         held = [float(np.mean(value)) for value in losses if value is not None]
         if self.launch.world_size == 1:
             return sum(held) / len(held)
@@ -307,7 +327,6 @@ class Trainer:
 
 def _replicated_value(loss) -> float:
     """The scalar value of a (possibly distributed, possibly partial) loss tensor."""
-
     if not loss.is_dist():
         return float(loss)
     if any(isinstance(p, dist.Partial) for p in loss.placements):
