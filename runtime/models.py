@@ -137,7 +137,7 @@ def _stub_gpt_provider() -> None:
     GPU-only `paddlefleet`, only to subclass GPTModelProvider for the fleet Qwen2. Without paddlefleet,
     register a module whose GPTModelProvider is a plain base class, so the classic Qwen2 imports."""
     name = "paddleformers.transformers.gpt_provider"
-    if importlib.util.find_spec("paddlefleet") is not None or name in sys.modules:
+    if name in sys.modules or importlib.util.find_spec("paddlefleet") is not None:
         return
     stub = types.ModuleType(name)
     stub.GPTModelProvider = type("GPTModelProvider", (), {"__doc__": "Placeholder base (no paddlefleet)."})
@@ -147,7 +147,7 @@ def _stub_gpt_provider() -> None:
 def _stub_paddlefleet_ops() -> None:
     """PaddleFormers' MoE modules import `paddlefleet_ops` (DeepEP all-to-all kernels, GPU-only) at import
     time. Without it, register a module that reports DeepEP unavailable, which PaddleFormers handles."""
-    if importlib.util.find_spec("paddlefleet_ops") is not None or "paddlefleet_ops" in sys.modules:
+    if "paddlefleet_ops" in sys.modules or importlib.util.find_spec("paddlefleet_ops") is not None:
         return
     stub = types.ModuleType("paddlefleet_ops")
     stub.is_deep_ep_available = lambda: False
