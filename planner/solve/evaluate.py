@@ -241,24 +241,6 @@ class Estimate:
         return flops / self.step_time_s / self.num_devices / 1e12
 
 
-def stage_memory(layers: list[tuple[LayerCost, str, int]], *, stage: int, layout: Layout, hw: HardwareSpec,
-                 topo: Topology, workload: Workload) -> dict:
-    """Memory parts (bytes) of device stage `stage` holding `layers`: (cost, recompute mode, count) over its chunks."""
-    state = StateBytes(params=0.0, grads=0.0, optimizer=0.0)
-    for cost, _, count in layers:
-        state = state + layer_state_bytes(cost, layout=layout, workload=workload, topo=topo).scaled(count)
-    in_flight = pipeline_in_flight(stage, layout.pp, layout.num_micro_batches, layout.vpp)
-    activations = in_flight * sum(c.act_bytes[mode] * n for c, mode, n in layers)
-    transient = max((c.transient_bytes for c, mode, _ in layers if mode != "none"), default=0.0)
-    if layout.sharding_stage == 3:  # gathered weights of the layer in use and the prefetched next one
-        transient += 2 * WEIGHT_GATHER_BYTES * max((c.dense_params + c.expert_params for c, _, _ in layers), default=0)
-    parts = {"params": state.params, "grads": state.grads, "optimizer": state.optimizer,
-             "activations": activations, "transient": transient,
-             "reserve": float(hw.calibration.runtime_reserve_bytes)}
-    parts["total"] = sum(parts.values())
-    return parts
-
-
 def layer_state_bytes(cost: LayerCost, *, layout: Layout, workload: Workload, topo: Topology) -> StateBytes:
     """Parameters, gradients and optimizer state of one layer on one device."""
     lora = workload.mode == "lora"
@@ -302,56 +284,93 @@ def gradient_sync_s(dense_params: float, expert_params: float, *, layout: Layout
     return total
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _StageProfile:
+    """What a device stage's layers cost, before its in-flight micro-batches are known."""
+
+    time_s: float
+    compute_s: float
+    recompute_s: float
+    p2p_s: float
+    comm_s: dict
+    state: StateBytes
+    act_bytes: float  # per in-flight micro-batch (all the stage's layers)
+    transient_bytes: float
+    sync_exposed_s: float
+    optimizer_s: float
+
+
+def _stage_profile(layers: list[tuple[LayerCost, str, int]], *, layout: Layout, workload: Workload,
+                   hw: HardwareSpec, topo: Topology) -> _StageProfile:
+    m, overlap = layout.num_micro_batches, hw.calibration.dp_overlap
+    p2p = 0.0
+    if layout.pp > 1:
+        boundary = max(c.boundary_bytes for c, _, _ in layers)
+        p2p = 2 * layout.vpp * collective_time_s("p2p", boundary, topo.pp_p2p, hw)
+    compute = sum((c.fwd_s + c.bwd_s) * n for c, _, n in layers)
+    if workload.mode == "dpo":  # the frozen reference model's forward
+        compute += sum(c.fwd_s * n for c, _, n in layers)
+    recompute = sum(c.recompute_s[mode] * n for c, mode, n in layers)
+    state = StateBytes(params=0.0, grads=0.0, optimizer=0.0)
+    for cost, _, n in layers:
+        state = state + layer_state_bytes(cost, layout=layout, workload=workload, topo=topo).scaled(n)
+    transient = max((c.transient_bytes for c, mode, _ in layers if mode != "none"), default=0.0)
+    if layout.sharding_stage == 3:  # gathered weights of the layer in use and the prefetched next one
+        transient += 2 * WEIGHT_GATHER_BYTES * max(c.dense_params + c.expert_params for c, _, _ in layers)
+    dense = sum(c.dense_params * n for c, _, n in layers)
+    expert = sum(c.expert_params * n for c, _, n in layers)
+    fraction = layers[0][0].trainable_fraction
+    sync = gradient_sync_s(dense, expert, layout=layout, workload=workload, hw=hw, topo=topo,
+                           trainable_fraction=fraction)
+    window = sum(c.bwd_s * n for c, _, n in layers) * (m if layout.sharding_stage == 3 else 1)
+    trainable = dense * fraction + (0.0 if workload.mode == "lora" else expert)
+    shards = topo.dp.size if layout.sharding_stage >= 1 else 1
+    return _StageProfile(
+        time_s=compute + recompute + p2p, compute_s=compute, recompute_s=recompute, p2p_s=p2p,
+        comm_s={k: sum(c.comm_s[k] * n for c, _, n in layers) for k in ("mp", "ep", "cp")}, state=state,
+        act_bytes=sum(c.act_bytes[mode] * n for c, mode, n in layers), transient_bytes=transient,
+        sync_exposed_s=max((1 - overlap) * sync, sync - overlap * window),
+        optimizer_s=optimizer_step_s(trainable / shards, hw))
+
+
 def estimate(graph: OpGraph, costs: dict, assignment: list[dict], *, layout: Layout, workload: Workload,
              hw: HardwareSpec, topo: Topology) -> Estimate:
     """Step time and memory of `layout`; `assignment[s]` maps (block kind, recompute mode) -> layers on stage s.
 
     `costs`: block kind -> LayerCost at the layout's micro-batch size.
     """
-    m, overlap = layout.num_micro_batches, hw.calibration.dp_overlap
+    m = layout.num_micro_batches
     breakdown = dict.fromkeys(("compute", "recompute", "mp_comm", "ep_comm", "cp_comm", "pp_comm", "bubble",
                                "dp_comm", "optimizer"), 0.0)
-    stage_times, stage_costs = [], []
-    dp_exposed = optimizer = 0.0
+    profiles: dict = {}
+    stage_costs = []
+    share = m / len(assignment)  # the breakdown shows the average stage; the bubble is the rest
     for s, counts in enumerate(assignment):
-        layers = [(costs[kind], mode, n) for (kind, mode), n in sorted(counts.items()) if n]
-        p2p = 0.0
-        if layout.pp > 1:
-            boundary = max(c.boundary_bytes for c, _, _ in layers)
-            p2p = 2 * layout.vpp * collective_time_s("p2p", boundary, topo.pp_p2p, hw)
-        compute = sum((c.fwd_s + c.bwd_s) * n for c, _, n in layers)
-        if workload.mode == "dpo":  # the frozen reference model's forward
-            compute += sum(c.fwd_s * n for c, _, n in layers)
-        recompute = sum(c.recompute_s[mode] * n for c, mode, n in layers)
-        stage_times.append(compute + recompute + p2p)
-        memory = stage_memory(layers, stage=s, layout=layout, hw=hw, topo=topo, workload=workload)
-        stage_costs.append(StageCost(time_s=stage_times[-1], memory=memory, fits=memory["total"] <= hw.memory_bytes))
-        comm = {k: sum(c.comm_s[k] * n for c, _, n in layers) for k in ("mp", "ep", "cp")}
-        share = m / len(assignment)  # the breakdown shows the average stage; the bubble is the rest
-        breakdown["compute"] += share * (compute - sum(comm.values()))
-        breakdown["recompute"] += share * recompute
-        breakdown["pp_comm"] += share * p2p
-        for k, t in comm.items():
+        key = tuple(sorted((k, n) for k, n in counts.items() if n))
+        if key not in profiles:
+            layers = [(costs[kind], mode, n) for (kind, mode), n in key]
+            profiles[key] = _stage_profile(layers, layout=layout, workload=workload, hw=hw, topo=topo)
+        p = profiles[key]
+        memory = {"params": p.state.params, "grads": p.state.grads, "optimizer": p.state.optimizer,
+                  "activations": pipeline_in_flight(s, layout.pp, m, layout.vpp) * p.act_bytes,
+                  "transient": p.transient_bytes, "reserve": float(hw.calibration.runtime_reserve_bytes)}
+        memory["total"] = sum(memory.values())
+        stage_costs.append(StageCost(time_s=p.time_s, memory=memory, fits=memory["total"] <= hw.memory_bytes))
+        breakdown["compute"] += share * (p.compute_s - sum(p.comm_s.values()))
+        breakdown["recompute"] += share * p.recompute_s
+        breakdown["pp_comm"] += share * p.p2p_s
+        for k, t in p.comm_s.items():
             breakdown[f"{k}_comm"] += share * t
-        dense = sum(c.dense_params * n for c, _, n in layers)
-        expert = sum(c.expert_params * n for c, _, n in layers)
-        fraction = layers[0][0].trainable_fraction
-        sync = gradient_sync_s(dense, expert, layout=layout, workload=workload, hw=hw, topo=topo,
-                               trainable_fraction=fraction)
-        window = sum(c.bwd_s * n for c, _, n in layers) * (m if layout.sharding_stage == 3 else 1)
-        dp_exposed = max(dp_exposed, (1 - overlap) * sync, sync - overlap * window)
-        trainable = dense * fraction + (0.0 if workload.mode == "lora" else expert)
-        shards = topo.dp.size if layout.sharding_stage >= 1 else 1
-        optimizer = max(optimizer, optimizer_step_s(trainable / shards, hw))
-    pipeline, breakdown["bubble"] = step_time(stage_times, layout)
-    breakdown["dp_comm"], breakdown["optimizer"] = dp_exposed, optimizer
+        breakdown["dp_comm"] = max(breakdown["dp_comm"], p.sync_exposed_s)
+        breakdown["optimizer"] = max(breakdown["optimizer"], p.optimizer_s)
+    pipeline, breakdown["bubble"] = step_time([c.time_s for c in stage_costs], layout)
     model_flops_step = model_flops_per_sequence(graph) * workload.global_batch
     extra = sum(recompute_flops_per_sequence(graph.blocks[kind], mode) * n
                 for counts in assignment for (kind, mode), n in counts.items())
     if workload.mode == "dpo":  # the reference forward is hardware work, not model FLOPs
         extra += model_flops_per_sequence(graph) / 3
-    return Estimate(layout=layout, step_time_s=pipeline + dp_exposed + optimizer, breakdown_s=breakdown,
-                    stages=tuple(stage_costs), model_flops_per_step=model_flops_step,
+    return Estimate(layout=layout, step_time_s=pipeline + breakdown["dp_comm"] + breakdown["optimizer"],
+                    breakdown_s=breakdown, stages=tuple(stage_costs), model_flops_per_step=model_flops_step,
                     hardware_flops_per_step=model_flops_step + extra * workload.global_batch,
                     tokens_per_step=workload.tokens_per_step, num_devices=layout.num_devices,
                     peak_flops=hw.peak(workload.compute_dtype), fits=all(s.fits for s in stage_costs))

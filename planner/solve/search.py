@@ -115,6 +115,8 @@ class Planner:
     _layer_costs: dict = field(init=False, default_factory=dict)
     _topologies: dict = field(init=False, default_factory=dict)
     _uniform: dict = field(init=False, default_factory=dict)
+    _static: dict = field(init=False, default_factory=dict)
+    _counts: dict = field(init=False, default_factory=dict)
     cp_sat_wall_s: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
@@ -281,12 +283,17 @@ class Planner:
         layout = candidate.layout
         topo = self.topology(layout, cluster)
         costs = self.layer_costs(layout, candidate.lean, topo, cluster.hardware)
-        total = sum(layer_state_bytes(costs[k], layout=layout, workload=self.workload, topo=topo).total * n
-                    for k, n in self._kind_counts().items())
-        return total / layout.pp
+        key = (id(costs), layout.sharding_stage, topo.dp, topo.expert_dp)
+        if key not in self._static:
+            self._static[key] = sum(
+                layer_state_bytes(costs[k], layout=layout, workload=self.workload, topo=topo).total * n
+                for k, n in self._kind_counts().items())
+        return self._static[key] / layout.pp
 
     def _kind_counts(self) -> dict:
-        return {kind: self.graph.layer_kinds.count(kind) for kind in sorted(set(self.graph.layer_kinds))}
+        if not self._counts:
+            self._counts.update({k: self.graph.layer_kinds.count(k) for k in sorted(set(self.graph.layer_kinds))})
+        return self._counts
 
     def refine(self, candidate: Candidate, cluster: ClusterSpec, fixed: dict) -> Solution | None:
         """Model (b) on top of model (a); None when no partition fits."""
@@ -325,9 +332,13 @@ class Planner:
         hw = cluster.hardware
         pruned_memory = pruned_bound = 0
         bounded: list[tuple[float, int, Candidate]] = []
+        leanest: tuple[float, Candidate] | None = None
         for index, candidate in enumerate(candidates):
-            if self.static_bytes(candidate, cluster) > hw.memory_bytes:
+            static = self.static_bytes(candidate, cluster)
+            if static > hw.memory_bytes:
                 pruned_memory += 1
+                if leanest is None or static < leanest[0]:
+                    leanest = (static, candidate)
                 continue
             bounded.append((self.lower_bound_s(candidate, cluster), index, candidate))
         bounded.sort(key=lambda item: (item[0], item[1]))
@@ -345,6 +356,10 @@ class Planner:
                 incumbent = min(incumbent, quick.step_time_s)
             screened.append((quick.step_time_s if quick.fits else float("inf"), index, candidate, quick))
         least_over = min((q for *_, q in screened if not q.fits), key=lambda q: q.memory["total"], default=None)
+        if least_over is None and leanest is not None:
+            least_over = self.evaluate(leanest[1], cluster, uniform_partition(
+                self.problem(leanest[1].layout, leanest[1].lean, cluster, (leanest[1].layout.recompute,)),
+                leanest[1].layout.recompute))
         screened.sort(key=lambda item: (item[0], item[1]))
         solutions: list[Solution] = []
         attempts = 0

@@ -88,9 +88,11 @@ class Block:
     input_node: str  # the node whose input is the block input (residual stream)
     output_node: str  # the node that produces the block output
     order: tuple[str, ...] = ()  # op names in topological order (derived)
+    op_nodes: tuple = ()  # the OpNodes in that order (derived)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "order", tuple(nx.lexicographical_topological_sort(self.graph)))
+        object.__setattr__(self, "op_nodes", tuple(self.graph.nodes[n]["op"] for n in self.order))
         if self.kind not in BLOCK_KINDS:
             raise ValueError(f"block kind {self.kind!r} is not one of {', '.join(BLOCK_KINDS)}")
         if self.count < 1:
@@ -98,7 +100,7 @@ class Block:
 
     def ops(self) -> list[OpNode]:
         """The block's ops in a deterministic topological order."""
-        return [self.graph.nodes[n]["op"] for n in self.order]
+        return list(self.op_nodes)
 
     @property
     def params(self) -> int:
