@@ -8,6 +8,7 @@ from cost_models.hardware import ClusterSpec, parse_devices
 from planner.emit.paddle import paddle_config, parallelize_plan, placements, sharding_summary, training_args
 from planner.frontends import ModelSpec, load_model
 from planner.plan import Plan, PlanReport, SolverStats
+from planner.trace.graph import OpGraph
 from planner.solve.search import NoFeasibleLayout, Planner, SearchResult, Solution, parse_layout
 from planner.workload import Workload
 
@@ -34,11 +35,13 @@ class Request:
     cluster: ClusterSpec
     workload: Workload
     fixed: dict
+    graph: OpGraph | None = None  # a traced graph replacing the analytic trace of spec
 
 
 def resolve(model: str | ModelSpec, devices: str | ClusterSpec, *, seq_len: int | None = None,
             global_batch: int | None = None, global_batch_tokens: int | None = None, layout: str | None = None,
-            mode: str = "pretrain", dtype: str | None = None, lora_rank: int = 8) -> Request:
+            mode: str = "pretrain", dtype: str | None = None, lora_rank: int = 8,
+            graph: OpGraph | None = None) -> Request:
     """Validate and complete the inputs of a plan (defaults from the model preset and the device)."""
     spec = load_model(model) if isinstance(model, str) else model
     cluster = parse_devices(devices) if isinstance(devices, str) else devices
@@ -51,26 +54,27 @@ def resolve(model: str | ModelSpec, devices: str | ClusterSpec, *, seq_len: int 
     workload = Workload(seq_len=seq, global_batch=global_batch, dtype=dtype or cluster.hardware.default_dtype(),
                         mode=mode, lora_rank=lora_rank)
     cluster.hardware.peak(workload.compute_dtype)  # the device must support the precision
-    return Request(spec=spec, cluster=cluster, workload=workload, fixed=parse_layout(layout) if layout else {})
+    return Request(spec=spec, cluster=cluster, workload=workload, fixed=parse_layout(layout) if layout else {},
+                   graph=graph)
 
 
 def make_plan(model: str | ModelSpec, devices: str | ClusterSpec, *, seq_len: int | None = None,
               global_batch: int | None = None, global_batch_tokens: int | None = None, layout: str | None = None,
               mode: str = "pretrain", dtype: str | None = None, lora_rank: int = 8,
-              planner: Planner | None = None) -> tuple[Plan, PlanReport]:
+              graph: OpGraph | None = None, planner: Planner | None = None) -> tuple[Plan, PlanReport]:
     """The best plan (or the given `layout`, with unset knobs searched) for `model` on `devices`.
 
     Raises ValueError for bad inputs and DoesNotFit when no layout fits.
     """
     request = resolve(model, devices, seq_len=seq_len, global_batch=global_batch,
                       global_batch_tokens=global_batch_tokens, layout=layout, mode=mode, dtype=dtype,
-                      lora_rank=lora_rank)
+                      lora_rank=lora_rank, graph=graph)
     return plan_request(request, planner=planner)
 
 
 def plan_request(request: Request, *, planner: Planner | None = None) -> tuple[Plan, PlanReport]:
     if planner is None or planner.spec != request.spec or planner.workload != request.workload:
-        planner = Planner(spec=request.spec, workload=request.workload)
+        planner = Planner(spec=request.spec, workload=request.workload, graph=request.graph)
     try:
         result = planner.search(request.cluster, request.fixed)
     except NoFeasibleLayout as error:

@@ -110,7 +110,7 @@ class Planner:
 
     spec: ModelSpec
     workload: Workload
-    graph: OpGraph = field(init=False)
+    graph: OpGraph | None = None  # a traced graph (planner.frontends.paddle); None: the analytic trace of spec
     _shardings: dict = field(init=False, default_factory=dict)
     _layer_costs: dict = field(init=False, default_factory=dict)
     _topologies: dict = field(init=False, default_factory=dict)
@@ -120,7 +120,10 @@ class Planner:
     cp_sat_wall_s: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
-        self.graph = trace_model(self.spec, self.workload.seq_len)
+        if self.graph is None:
+            self.graph = trace_model(self.spec, self.workload.seq_len)
+        elif self.graph.seq_len != self.workload.seq_len:
+            raise ValueError(f"traced graph has seq_len {self.graph.seq_len}, workload {self.workload.seq_len}")
 
     # ---- block shardings (model a) and per-layer costs, cached -------------------------------
 
