@@ -138,7 +138,7 @@ def solve_partition(problem: PartitionProblem, *, time_limit_s: float = 10.0) ->
     for s in range(pp):
         model.Add(stage_time[s] <= t_max)
     weight = problem.vpp * problem.num_micro_batches - 1
-    model.Minimize(weight * t_max + sum(stage_time))
+    model.Minimize(weight * t_max + cp_model.LinearExpr.Sum(stage_time))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = 1
@@ -187,7 +187,7 @@ def _memory_per_stage(model: cp_model.CpModel, problem: PartitionProblem, runs, 
                 terms.append(quantize_bytes(problem.static_bytes[kind]) * count[c, r])
                 for k in problem.modes:
                     terms.append(quantize_bytes(in_flight * problem.act_bytes[kind][k]) * mode[c, r, k])
-        model.Add(sum(terms) <= int(problem.budget_bytes // 2**20))
+        model.Add(cp_model.LinearExpr.Sum(terms) <= int(problem.budget_bytes // 2**20))
 
 
 def _stage_times(model: cp_model.CpModel, problem: PartitionProblem, runs, mode) -> list:
@@ -199,7 +199,7 @@ def _stage_times(model: cp_model.CpModel, problem: PartitionProblem, runs, mode)
             for r, (kind, _, _) in enumerate(runs):
                 for k in problem.modes:
                     terms.append(quantize(problem.time_s[kind][k]) * mode[c, r, k])
-        out.append(sum(terms))
+        out.append(cp_model.LinearExpr.Sum(terms))
     return out
 
 
