@@ -138,7 +138,7 @@ def solve_partition(problem: PartitionProblem, *, time_limit_s: float = 10.0) ->
     for s in range(pp):
         model.Add(stage_time[s] <= t_max)
     weight = problem.vpp * problem.num_micro_batches - 1
-    model.Minimize(weight * t_max + cp_model.LinearExpr.Sum(stage_time))
+    model.Minimize(cp_model.LinearExpr.Sum(stage_time + ([weight * t_max] if weight else [])))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = 1
