@@ -212,8 +212,11 @@ class Trainer:
         self.seq_length = self.plan.seq_len
         self.global_batch = layout.global_batch_size
         dataset = self.mode.build_dataset(args, self.spec, args.max_steps * self.global_batch, self.seq_length)
-        # A pipeline schedule takes the whole step and cuts micro-batches itself; otherwise the loop does.
-        self.micro_steps = 1 if layout.pp > 1 else layout.num_micro_batches
+        # A pipeline schedule takes the whole step and cuts micro-batches itself; otherwise the dynamic loop
+        # accumulates gradients over them. A static run without pipeline feeds the step as one batch (the same
+        # mean loss and gradients): Strategy.gradient_merge breaks Paddle 3.3.1's static reshard pass
+        # ("'list' object has no attribute 'get_defining_op'" in s_to_r_reshard_func).
+        self.micro_steps = 1 if layout.pp > 1 or args.to_static else layout.num_micro_batches
         loader_batch = self.global_batch // self.micro_steps
         loader = paddle.io.DataLoader(dataset, batch_size=loader_batch, shuffle=False, drop_last=True)
         if self.mesh is None:
@@ -239,10 +242,6 @@ class Trainer:
             if layout.vpp > 1:
                 strategy.pipeline.vpp_degree = layout.vpp
                 strategy.pipeline.vpp_seg_method = type(self.model.model.layers[0]).__name__
-        elif layout.num_micro_batches > 1:
-            strategy.gradient_merge.enable = True
-            strategy.gradient_merge.k_steps = layout.num_micro_batches
-            strategy.gradient_merge.avg = True
         if self.args.dtype != "float32":
             strategy.amp.enable = True
             strategy.amp.dtype = self.args.dtype
