@@ -65,7 +65,7 @@ class BlockSharding:
 
     def collectives(self, block: Block) -> list[Collective]:
         """Every collective the choice implies: per op, per edge and per tensor flag."""
-        return block_collectives(block, self.choice)
+        return block_collectives(block, self.choice, self.context)
 
 
 def _boundary_layout(ctx: ShardingContext) -> str:
@@ -73,12 +73,16 @@ def _boundary_layout(ctx: ShardingContext) -> str:
 
 
 def _allowed(block: Block, ctx: ShardingContext) -> dict[str, list[Strategy]]:
-    """Candidates per op, with the block boundary (5) applied."""
+    """Candidates per op, with the block boundary (5) applied.
+
+    The embedding's output may take any layout: it pays the resharding into the
+    residual stream layout (`boundary_collectives`) instead.
+    """
     boundary = _boundary_layout(ctx)
     allowed = {}
     for op in block.ops():
         options = candidates(op, ctx)
-        if op.name in (block.input_node, block.output_node) and block.kind != "head":
+        if op.name in (block.input_node, block.output_node) and block.kind not in ("head", "embedding"):
             options = [s for s in options if s.out_layout == boundary] or options
         allowed[op.name] = options
     if block.kind in ("head", "mtp"):
@@ -96,13 +100,22 @@ def _flag_bytes(block: Block, u: str) -> float:
     return tensor_bytes(block.graph.nodes[u]["op"].out_shape)
 
 
-def block_collectives(block: Block, choice: dict) -> list[Collective]:
+def boundary_collectives(block: Block, v: str, strategy: Strategy, ctx: ShardingContext) -> tuple[Collective, ...]:
+    """The embedding output's resharding into the residual stream layout (nothing for other ops)."""
+    if block.kind != "embedding" or v != block.output_node:
+        return ()
+    op = block.graph.nodes[v]["op"]
+    return reshard(strategy.out_layout, _boundary_layout(ctx), tensor_bytes(op.out_shape)) or ()
+
+
+def block_collectives(block: Block, choice: dict, ctx: ShardingContext) -> list[Collective]:
     """All collectives of a complete assignment `choice` (op name -> Strategy)."""
     out: list[Collective] = []
     flags: set[tuple[str, str]] = set()
     for v in block.order:
         strategy = choice[v]
         out.extend(strategy.collectives)
+        out.extend(boundary_collectives(block, v, strategy, ctx))
         for u in sorted(block.graph.predecessors(v)):
             moves = _edge_collectives(block, u, v, choice[u], strategy)
             if moves is None:
@@ -118,13 +131,14 @@ def block_collectives(block: Block, choice: dict) -> list[Collective]:
 class _Costs:
     """Per-sequence costs in seconds, memoised per (op, strategy) and per collective tuple."""
 
-    def __init__(self, block: Block, groups: Groups, hw: HardwareSpec, dtype: str) -> None:
-        self.block, self.groups, self.hw, self.dtype = block, groups, hw, dtype
+    def __init__(self, block: Block, ctx: ShardingContext, groups: Groups, hw: HardwareSpec, dtype: str) -> None:
+        self.block, self.ctx, self.groups, self.hw, self.dtype = block, ctx, groups, hw, dtype
 
     def node(self, v: str, strategy: Strategy) -> float:
         op = self.block.graph.nodes[v]["op"]
         compute = sum(op_compute_s(op, strategy, 1, self.hw, self.dtype, phase) for phase in ("fwd", "bwd"))
-        return compute + self.comm(strategy.collectives)
+        own = strategy.collectives + boundary_collectives(self.block, v, strategy, self.ctx)
+        return compute + self.comm(own)
 
     def comm(self, collectives) -> float:
         return sum(collective_s(c, self.groups, self.hw) for c in collectives)
@@ -132,8 +146,8 @@ class _Costs:
 
 def _exhaustive_objective(block: Block, choice: dict, costs: _Costs) -> float:
     total = sum(costs.node(v, s) for v, s in choice.items())
-    collectives = block_collectives(block, choice)
-    own = [c for s in choice.values() for c in s.collectives]
+    collectives = block_collectives(block, choice, costs.ctx)
+    own = [c for v, s in choice.items() for c in s.collectives + boundary_collectives(block, v, s, costs.ctx)]
     return total + costs.comm(collectives) - costs.comm(own)
 
 
@@ -142,7 +156,7 @@ def solve_block(block: Block, ctx: ShardingContext, groups: Groups, hw: Hardware
     """Optimal per-op strategies of `block` (CP-SAT); `lean`: with the fewest parameter bytes per rank."""
     start = time.perf_counter()
     allowed = _allowed(block, ctx)
-    costs = _Costs(block, groups, hw, dtype)
+    costs = _Costs(block, ctx, groups, hw, dtype)
     model = cp_model.CpModel()
     choose = {v: [model.NewBoolVar(f"choose[{v}][{s.name}]") for s in options] for v, options in allowed.items()}
     objective = []
@@ -229,7 +243,7 @@ def solve_exhaustive(block: Block, ctx: ShardingContext, groups: Groups, hw: Har
         count *= len(allowed[v])
     if count > max_assignments:
         raise ValueError(f"block {block.kind!r}: {count} assignments exceed the exhaustive limit {max_assignments}")
-    costs = _Costs(block, groups, hw, dtype)
+    costs = _Costs(block, ctx, groups, hw, dtype)
     best, best_cost = None, float("inf")
     for combo in itertools.product(*(allowed[v] for v in names)):
         choice = dict(zip(names, combo))

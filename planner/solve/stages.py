@@ -21,6 +21,7 @@ Constraints
   (5) stage time:                        T_s = sum_{c on s} (sum_{r,k} mode[c][r][k] t_rk + p2p) <= t_max
 Objective (vpp x the interleaved 1F1B step, in integer nanoseconds)
   min (vpp m - 1) t_max + sum_s T_s     i.e. m t_max + (sum_s T_s - t_max) / vpp
+      + sum mode[c][r][k] rank(k)       a 1 ns tie-break: none < selective < full
 inflight_s is the 1F1B (or interleaved) count of micro-batches stage s holds
 at its peak (cost_models.memory.pipeline_in_flight). Costs are quantized in
 planner.solve.costing. `solve_exhaustive` enumerates every split for tests.
@@ -127,7 +128,7 @@ def solve_partition(problem: PartitionProblem, *, time_limit_s: float = 10.0) ->
     _contiguous_chunks(model, bound, n_layers)
     for c in range(chunks):
         for r, (kind, start, end) in enumerate(runs):
-            count[c, r] = _overlap(model, bound[c], bound[c + 1], start, end, f"{c},{r}")
+            count[c, r] = _overlap(model, bound[c], bound[c + 1], start, end, n_layers, f"{c},{r}")
             for k in problem.modes:
                 mode[c, r, k] = model.NewIntVar(0, end - start, f"mode[{c}][{r}][{k}]")
             model.Add(sum(mode[c, r, k] for k in problem.modes) == count[c, r])
@@ -138,7 +139,8 @@ def solve_partition(problem: PartitionProblem, *, time_limit_s: float = 10.0) ->
     for s in range(pp):
         model.Add(stage_time[s] <= t_max)
     weight = problem.vpp * problem.num_micro_batches - 1
-    model.Minimize(cp_model.LinearExpr.Sum(stage_time + ([weight * t_max] if weight else [])))
+    model.Minimize(cp_model.LinearExpr.Sum(stage_time + ([weight * t_max] if weight else [])
+                                           + _least_recompute(problem, mode)))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = 1
@@ -154,6 +156,11 @@ def solve_partition(problem: PartitionProblem, *, time_limit_s: float = 10.0) ->
                      wall_s=time.perf_counter() - start_clock, fits=True)
 
 
+def _least_recompute(problem: PartitionProblem, mode: dict) -> list:
+    """Tie-break (1 ns per layer and mode step): among equal step times, recompute less."""
+    return [RECOMPUTE_MODES.index(k) * var for (_, _, k), var in sorted(mode.items()) if RECOMPUTE_MODES.index(k)]
+
+
 def _max_time(problem: PartitionProblem) -> float:
     return max(t for per_mode in problem.time_s.values() for t in per_mode.values())
 
@@ -165,12 +172,13 @@ def _contiguous_chunks(model: cp_model.CpModel, bound: list, n_layers: int) -> N
         model.Add(bound[c + 1] >= bound[c] + 1)
 
 
-def _overlap(model: cp_model.CpModel, lo, hi, start: int, end: int, name: str):
-    first = model.NewIntVar(0, end, f"first[{name}]")
-    last = model.NewIntVar(0, end, f"last[{name}]")
+def _overlap(model: cp_model.CpModel, lo, hi, start: int, end: int, n_layers: int, name: str):
+    """count = max(0, min(hi, end) - max(lo, start)): layers of run [start, end) inside chunk [lo, hi)."""
+    first = model.NewIntVar(0, n_layers, f"first[{name}]")
+    last = model.NewIntVar(0, n_layers, f"last[{name}]")
     model.AddMaxEquality(first, [lo, start])
     model.AddMinEquality(last, [hi, end])
-    span = model.NewIntVar(-end, end, f"span[{name}]")
+    span = model.NewIntVar(-n_layers, n_layers, f"span[{name}]")
     model.Add(span == last - first)
     n = model.NewIntVar(0, end - start, f"count[{name}]")
     model.AddMaxEquality(n, [span, 0])
@@ -213,7 +221,8 @@ def _objective(problem: PartitionProblem, layers_per_stage: list[list[tuple[str,
                      quantize_bytes(problem.in_flight(s) * problem.act_bytes[kind][k]) for kind, k in layers)
         fits = fits and memory <= int(problem.budget_bytes // 2**20)
     weight = problem.vpp * problem.num_micro_batches - 1
-    return weight * max(times) + sum(times), fits
+    tie_break = sum(RECOMPUTE_MODES.index(k) for layers in layers_per_stage for _, k in layers)
+    return weight * max(times) + sum(times) + tie_break, fits
 
 
 def solve_exhaustive(problem: PartitionProblem) -> Partition:
