@@ -100,12 +100,9 @@ def smallest_fitting_devices(planner: Planner, request: Request, *, max_doubling
     count = request.cluster.num_devices
     for _ in range(max_doublings):
         count *= 2
-        try:
-            planner.search(ClusterSpec(hardware=hw, num_devices=count), request.fixed and {
-                k: v for k, v in request.fixed.items() if k not in ("dp", "pp", "mp", "ep", "cp")})
+        free = {k: v for k, v in request.fixed.items() if k not in ("dp", "pp", "mp", "ep", "cp")}
+        if planner.fits(ClusterSpec(hardware=hw, num_devices=count), free):
             return count
-        except (NoFeasibleLayout, ValueError):
-            continue
     return None
 
 

@@ -157,17 +157,15 @@ def layer_cost(block: Block, sharding: BlockSharding, *, micro_batch: int, layou
 
 def model_flops_per_sequence(graph: OpGraph) -> float:
     """Model FLOPs of one sequence, forward and backward: 3x the forward GEMM and attention FLOPs, no recompute."""
-    return sum(block.count * 3 * sum(op.fwd_flops for op in block.ops() if op.op_type in MATMUL_OPS + ("attention",))
-               for block in graph.blocks.values())
+    return sum(3 * block.count * block.matmul_fwd_flops for block in graph.blocks.values())
 
 
 def recompute_flops_per_sequence(block: Block, mode: str) -> float:
-    """Extra forward FLOPs of one layer of `block` under recompute `mode`."""
-    if mode == "full":
-        return block.fwd_flops
-    if mode == "selective":
-        return sum(op.fwd_flops for op in block.ops() if _is_cheap(op))
-    return 0.0
+    """Extra GEMM and attention FLOPs of one layer under recompute `mode` (as Megatron's hardware FLOPs count).
+
+    Selective recompute re-runs only norms, rope and activations: no GEMM FLOPs.
+    """
+    return block.matmul_fwd_flops if mode == "full" else 0.0
 
 
 def _activation_bytes(block: Block, sharding: BlockSharding, mode: str, micro_batch: int, mp: int, cp: int) -> float:

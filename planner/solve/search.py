@@ -275,11 +275,19 @@ class Planner:
         return estimate(self.graph, costs, assignment, layout=layout, workload=self.workload, hw=hw, topo=topo)
 
     def lower_bound_s(self, candidate: Candidate, cluster: ClusterSpec) -> float:
+        """A bound on the candidate's even-split estimate: stages perfectly balanced, no communication
+        outside the layers, the pipeline fill and drain of a 1F1B (or interleaved) schedule.
+
+        With T the average stage time, step = m T_max + (sum T - T_max) / vpp >= (m + (pp - 1) / vpp) T.
+        """
         layout = candidate.layout
         topo = self.topology(layout, cluster)
         costs = self.layer_costs(layout, candidate.lean, topo, cluster.hardware)
-        work = sum((costs[k].fwd_s + costs[k].bwd_s) * n for k, n in self._kind_counts().items())
-        return layout.num_micro_batches * work / layout.pp
+        reference = 1 if self.workload.mode == "dpo" else 0
+        work = sum(((1 + reference) * costs[k].fwd_s + costs[k].bwd_s + costs[k].recompute_s[layout.recompute]) * n
+                   for k, n in self._kind_counts().items())
+        average = work / layout.pp
+        return (layout.num_micro_batches + (layout.pp - 1) / layout.vpp) * average
 
     def static_bytes(self, candidate: Candidate, cluster: ClusterSpec) -> float:
         """Parameters, gradients and optimizer state of the fullest stage if layers split evenly (lower bound)."""
@@ -323,6 +331,21 @@ class Planner:
         shardings = self.shardings(layout, candidate.lean, topo, cluster.hardware)
         return Solution(candidate=candidate, shardings=shardings, partition=partition,
                         estimate=_relabel(result, layout))
+
+    def fits(self, cluster: ClusterSpec, fixed: dict | None = None) -> bool:
+        """Whether some layout fits `cluster`: candidates in order of their static memory, even splits."""
+        hw = cluster.hardware
+        ranked = sorted((self.static_bytes(c, cluster), i, c) for i, c in enumerate(self.candidates(cluster, fixed or {})))
+        for static, _, candidate in ranked:
+            if static > hw.memory_bytes:
+                return False
+            topo = self.topology(candidate.layout, cluster)
+            quick = estimate(self.graph, self.layer_costs(candidate.layout, candidate.lean, topo, hw),
+                             self.uniform_assignment(candidate.layout), layout=candidate.layout,
+                             workload=self.workload, hw=hw, topo=topo)
+            if quick.fits:
+                return True
+        return False
 
     def search(self, cluster: ClusterSpec, fixed: dict | None = None, *, exhaustive: bool = False) -> SearchResult:
         """The best layout for `cluster` with the `fixed` knobs; NoFeasibleLayout if nothing fits."""

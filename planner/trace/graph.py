@@ -29,6 +29,7 @@ OP_TYPES = (
     "loss",  # softmax cross entropy over the vocabulary
 )
 BLOCK_KINDS = ("embedding", "dense", "moe", "head", "mtp")
+MATMUL_OP_TYPES = ("linear", "expert_linear", "router", "attention")  # what model FLOPs count
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,10 +90,12 @@ class Block:
     output_node: str  # the node that produces the block output
     order: tuple[str, ...] = ()  # op names in topological order (derived)
     op_nodes: tuple = ()  # the OpNodes in that order (derived)
+    matmul_fwd_flops: float = 0.0  # forward FLOPs of GEMMs and attention per sequence (derived)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "order", tuple(nx.lexicographical_topological_sort(self.graph)))
         object.__setattr__(self, "op_nodes", tuple(self.graph.nodes[n]["op"] for n in self.order))
+        object.__setattr__(self, "matmul_fwd_flops", sum(op.fwd_flops for op in self.op_nodes if op.op_type in MATMUL_OP_TYPES))
         if self.kind not in BLOCK_KINDS:
             raise ValueError(f"block kind {self.kind!r} is not one of {', '.join(BLOCK_KINDS)}")
         if self.count < 1:
