@@ -41,19 +41,20 @@ MP_PLANS = {
 }
 
 
-def make_plan(model: str, *, dp: int = 1, mp: int = 1, pp: int = 1, sharding: int = 0, mbs: int = 2,
+def make_plan(model, *, dp: int = 1, mp: int = 1, pp: int = 1, sharding: int = 0, mbs: int = 2,
               micro_batches: int = 1, seq_len: int = 32, recompute: str = "none", device: str = "cpu",
-              mp_plan: dict | None = None, mode: str = "pretrain"):
-    """A Plan for preset `model` with the given layout; pipeline stages split the decoder layers evenly."""
+              mp_plan: dict | None = None, mode: str = "pretrain", vpp: int = 1):
+    """A Plan for `model` (preset name or ModelSpec) with the given layout; pipeline (and virtual) stages
+    split the decoder layers evenly."""
     from planner.frontends import load_preset
     from planner.plan import Layout, Plan, Stage
 
-    spec = load_preset(model)
+    spec = load_preset(model) if isinstance(model, str) else model
     layout = Layout(dp=dp, mp=mp, pp=pp, sharding_stage=sharding, micro_batch_size=mbs,
-                    num_micro_batches=micro_batches, recompute=recompute)
-    layers, stages, first = spec.num_layers, [], 0
-    for index in range(pp):
-        last = layers + 1 if index == pp - 1 else (index + 1) * layers // pp
+                    num_micro_batches=micro_batches, recompute=recompute, vpp=vpp)
+    layers, stages, first, chunks = spec.num_layers, [], 0, pp * vpp
+    for index in range(chunks):
+        last = layers + 1 if index == chunks - 1 else (index + 1) * layers // chunks
         stages.append(Stage(index=index, first_layer=first, last_layer=last,
                             recompute=tuple("none" if i in (0, layers + 1) else recompute
                                             for i in range(first, last + 1))))
@@ -64,12 +65,19 @@ def make_plan(model: str, *, dp: int = 1, mp: int = 1, pp: int = 1, sharding: in
         paddle_config["dp_config"] = {"sharding_level": sharding}
     if mp > 1:
         paddle_config["mp_config"] = {"parallelize_plan": parallelize_plan}
-    if pp > 1:
+    if pp > 1 and vpp == 1:
         paddle_config["pp_config"] = {"split_spec": {f"model.layers.{s.last_layer - 1}": "END" for s in stages[:-1]}}
     return Plan(model_name=spec.name, model_config=spec.to_dict(), params=0, active_params=0, device=device,
                 num_devices=layout.num_devices, devices_per_node=layout.num_devices, seq_len=seq_len, mode=mode,
                 dtype="float32", layout=layout, stages=tuple(stages), placements={},
                 parallelize_plan=parallelize_plan, paddle_config=paddle_config, training_args={})
+
+
+def gpus() -> int:
+    """Visible GPUs of a CUDA build of Paddle (0 elsewhere)."""
+    import paddle
+
+    return paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0
 
 
 def write_plan(plan, path: Path) -> Path:
