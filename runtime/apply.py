@@ -34,17 +34,32 @@ class PlanMismatchError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Launch:
-    """What this process was started as: world size, own rank, and the device name the planner uses."""
+    """What this process was started as: world size, own rank, and the planner's name of its device."""
 
     world_size: int
     rank: int
-    device: str  # "cpu", or the GPU's name in lower case without the vendor (e.g. "h100 80gb hbm3")
+    device: str  # "cpu", or a device name of cost_models/hardware such as "H100-SXM"
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"launch: rank {self.rank} of world size {self.world_size} is impossible")
         if not self.device:
             raise ValueError("launch: device name must not be empty")
+
+
+def planner_device_name(detected: str) -> str:
+    """The planner's name for an accelerator as the driver reports it ("NVIDIA H100 80GB HBM3" -> "H100-SXM"):
+    the longest leading run of its words that names a device or alias in cost_models/hardware, else the
+    words joined by "-"."""
+    from cost_models.hardware import load_hardware
+
+    words = re.split(r"[\s-]+", detected.upper().replace("NVIDIA", " ").strip())
+    for count in range(len(words), 0, -1):
+        try:
+            return load_hardware("-".join(words[:count])).name
+        except ValueError:
+            continue
+    return "-".join(words)
 
 
 def detect_launch() -> Launch:
@@ -54,16 +69,15 @@ def detect_launch() -> Launch:
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
     if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
-        name = paddle.device.cuda.get_device_name().lower()
-        device = name.removeprefix("nvidia ").strip()
+        device = planner_device_name(paddle.device.cuda.get_device_name())
     else:
         device = "cpu"
     return Launch(world_size=world, rank=rank, device=device)
 
 
 def devices_string(launch: Launch) -> str:
-    """The planner's `--devices` spelling of this launch, e.g. "2xcpu"."""
-    return f"{launch.world_size}x{launch.device.split()[0]}"
+    """The planner's `devices` argument for this launch, e.g. "2xcpu"."""
+    return f"{launch.world_size}x{launch.device}"
 
 
 # ---- checks ---------------------------------------------------------------------------------
@@ -90,11 +104,16 @@ def check_plan(plan: "Plan", spec: "ModelSpec", launch: Launch) -> None:
 
 
 def _same_device(planned: str, found: str) -> bool:
-    planned, found = planned.lower(), found.lower()
-    if "cpu" in (planned, found):
-        return planned == found
-    # GPU names: the planner's short name ("h100") must name the detected card ("h100 80gb hbm3").
-    return planned in found.replace("-", " ").split() or planned == found
+    """Whether two device names (canonical or alias, any case) denote the same cost_models/hardware entry."""
+    from cost_models.hardware import load_hardware
+
+    def canonical(name: str) -> str:
+        try:
+            return load_hardware(name).name.upper()
+        except ValueError:
+            return name.upper()
+
+    return canonical(planned) == canonical(found)
 
 
 def _check_divides(plan: "Plan", spec: "ModelSpec") -> None:
@@ -192,14 +211,18 @@ def stage_split_names(plan: "Plan") -> list[str]:
 
 
 def pipeline_split_spec(plan: "Plan") -> dict:
-    """The pp_config split_spec {layer name: "END"}: the plan's paddle_config when given, else from its stages."""
-    given = plan.paddle_config.get("pp_config", {}).get("split_spec")
+    """The pp_config split_spec {layer name: "END"} of the device stages, checked against the plan's paddle_config.
+
+    With virtual stages the plan file may list every chunk boundary; Paddle takes the pp - 1 device
+    boundaries and cuts the chunks itself, so only those are returned.
+    """
     derived = {name: "END" for name in stage_split_names(plan)}
-    if given is None:
+    given = plan.paddle_config.get("pp_config", {}).get("split_spec")
+    if given is None or plan.layout.vpp > 1:
         return derived
     if not isinstance(given, dict) or any(v not in SPLIT_POINTS for v in given.values()):
         raise PlanMismatchError(f"pp_config.split_spec must map layer names to one of {SPLIT_POINTS}, got {given!r}")
-    if plan.layout.vpp == 1 and list(given) != list(derived):
+    if list(given) != list(derived):
         raise PlanMismatchError(f"pp_config.split_spec {list(given)} disagrees with the plan's stages {list(derived)}")
     return dict(given)
 
@@ -243,11 +266,13 @@ def parallelize_config(plan: "Plan", model: "paddle.nn.Layer", *, to_static: boo
         if mp_plan != plan.parallelize_plan:
             raise PlanMismatchError("paddle_config.mp_config.parallelize_plan differs from the plan's parallelize_plan")
         if not mp_plan:
-            raise PlanMismatchError(f"the plan has mp={layout.mp} but an empty parallelize_plan")
-        check_patterns(mp_plan, model, what="parallelize_plan")
-        if to_static:
-            mp_plan = {pattern: _without_head_gather(pattern, entries) for pattern, entries in mp_plan.items()}
-        config["mp_config"] = {"parallelize_plan": tensor_parallel_plan(mp_plan)}
+            log.warning("the plan has mp=%d and an empty parallelize_plan: every layer is replicated over mp",
+                        layout.mp)
+        else:
+            check_patterns(mp_plan, model, what="parallelize_plan")
+            if to_static:
+                mp_plan = {pattern: _without_head_gather(pattern, entries) for pattern, entries in mp_plan.items()}
+            config["mp_config"] = {"parallelize_plan": tensor_parallel_plan(mp_plan)}
     if layout.dp > 1:
         level = plan.paddle_config.get("dp_config", {}).get("sharding_level", layout.sharding_stage)
         if level != layout.sharding_stage:

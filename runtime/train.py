@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
+PLAN_FILE = "plan.json"  # the plan the run applied, whatever its source (a file, "auto", a layout string)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +83,7 @@ def resolve_plan(args: TrainArgs, spec: "ModelSpec", launch: Launch) -> "Plan":
         plan, _ = make_plan(spec, devices_string(launch), seq_len=args.seq_length or None,
                             global_batch=args.global_batch_size or None,
                             layout=None if args.plan == "auto" else args.plan, mode=args.mode)
-        log.info("planned for %s: %s", devices_string(launch), plan.layout.short())
+        log.info("plan for %s (%s): %s", devices_string(launch), args.plan, plan.layout.short())
     if args.seq_length and args.seq_length != plan.seq_len:
         raise PlanMismatchError(f"the plan is for seq_length {plan.seq_len}, the arguments ask for {args.seq_length}")
     if args.global_batch_size and args.global_batch_size != plan.layout.global_batch_size:
@@ -94,14 +95,15 @@ def resolve_plan(args: TrainArgs, spec: "ModelSpec", launch: Launch) -> "Plan":
 
 
 def pipeline_schedule(args: TrainArgs, plan: "Plan") -> str:
-    """The static pipeline schedule. 1F1B/VPP deadlock on CPU (gloo sends are synchronous), so "auto" picks
-    FThenB there; it computes the same gradients, with all micro-batches' activations alive at once."""
-
+    """The static pipeline schedule: args.pipeline_schedule, or with "auto" the plan's (1F1B; VPP with
+    virtual stages). 1F1B and VPP deadlock on CPU (gloo sends are synchronous), so "auto" picks FThenB
+    there; it computes the same gradients, with all micro-batches' activations alive at once."""
     if args.pipeline_schedule != "auto":
         return args.pipeline_schedule
-    if plan.layout.vpp > 1:
-        return "VPP"
-    return "1F1B" if paddle.is_compiled_with_cuda() else "FThenB"
+    if not paddle.is_compiled_with_cuda():
+        return "FThenB"
+    planned = plan.paddle_config.get("pp_config", {}).get("schedule_mode")
+    return planned or ("VPP" if plan.layout.vpp > 1 else "1F1B")
 
 
 def apply_recompute(model, plan: "Plan") -> None:
@@ -261,6 +263,7 @@ class Trainer:
         is_writer = self.launch.rank == 0
         if is_writer:
             output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / PLAN_FILE).write_text(json.dumps(self.plan.to_dict(), indent=1, sort_keys=True) + "\n")
         tokens_per_step = self.global_batch * self.seq_length
         batches = iter(self.loader)
         progress = tqdm(total=args.max_steps, desc="train", unit="step", disable=not (is_writer and sys.stderr.isatty()))
@@ -338,5 +341,5 @@ def train(args: TrainArgs, *, plan: "Plan | None" = None) -> list[StepMetrics]:
     return Trainer(args, plan=plan).run()
 
 
-__all__ = ["Trainer", "StepMetrics", "train", "resolve_plan", "lr_multiplier", "pipeline_schedule", "METRICS_FILE",
-           "CausalLMLogits"]
+__all__ = ["Trainer", "StepMetrics", "train", "resolve_plan", "lr_multiplier", "pipeline_schedule", "apply_recompute",
+           "build_optimizer", "load_spec", "CausalLMLogits", "METRICS_FILE", "PLAN_FILE"]

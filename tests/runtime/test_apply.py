@@ -11,7 +11,8 @@ import pytest
 from planner.frontends import load_preset
 from planner.plan import Layout, Stage
 from runtime.apply import (Launch, PlanMismatchError, build_mesh, check_patterns, check_plan, parallelize_config,
-                           pattern_matches, pipeline_split_spec, stage_split_names, tensor_parallel_plan)
+                           pattern_matches, pipeline_split_spec, planner_device_name, stage_split_names,
+                           tensor_parallel_plan)
 from runtime.models import build_model
 from tests.runtime.helpers import MP_PLANS, make_plan
 
@@ -103,8 +104,10 @@ def _plan_with(**changes):
      "the plan is for 2 devices but this launch has 4 processes; launch with --nproc_per_node 2 or re-plan"),
     (make_plan("llama-tiny", dp=2, device="h100"), CPU2,
      "the plan is for device 'h100' but this launch runs on 'cpu'; re-plan for this device"),
-    (make_plan("llama-tiny", dp=2), Launch(world_size=2, rank=0, device="a100-sxm4-80gb"),
-     "the plan is for device 'cpu' but this launch runs on 'a100-sxm4-80gb'"),
+    (make_plan("llama-tiny", dp=2), Launch(world_size=2, rank=0, device="A100-80GB"),
+     "the plan is for device 'cpu' but this launch runs on 'A100-80GB'"),
+    (make_plan("llama-tiny", dp=2, device="H800"), Launch(world_size=2, rank=0, device="H100-SXM"),
+     "the plan is for device 'H800' but this launch runs on 'H100-SXM'"),
     (_plan_with(model_name="llama-7b"), CPU2, "the plan is for model 'llama-7b', not 'llama-tiny'"),
     (_plan_with(model_config={**load_preset("llama-tiny").to_dict(), "hidden_size": 128}), CPU2,
      r"the plan's copy of model 'llama-tiny' differs in \['hidden_size'\]; re-plan"),
@@ -114,9 +117,16 @@ def test_plans_for_another_launch_or_model_are_refused(plan, launch, message):
         check_plan(plan, load_preset("llama-tiny"), launch)
 
 
-def test_gpu_names_match_by_short_name():
-    plan = make_plan("llama-tiny", dp=2, device="h100")
-    check_plan(plan, load_preset("llama-tiny"), Launch(world_size=2, rank=0, device="h100 80gb hbm3"))
+@pytest.mark.parametrize("driver_name, planner_name", [
+    ("NVIDIA H100 80GB HBM3", "H100-SXM"), ("NVIDIA A100-SXM4-80GB", "A100-80GB"), ("NVIDIA H200", "H200"),
+    ("NVIDIA A800-SXM4-80GB", "A100-80GB"), ("NVIDIA GeForce RTX 4090", "GEFORCE-RTX-4090")])
+def test_driver_device_names_map_to_planner_names(driver_name, planner_name):
+    assert planner_device_name(driver_name) == planner_name
+
+
+def test_plan_device_aliases_are_the_same_device():
+    plan = make_plan("llama-tiny", dp=2, device="h100")  # an alias of H100-SXM
+    check_plan(plan, load_preset("llama-tiny"), Launch(world_size=2, rank=0, device="H100-SXM"))
 
 
 def test_degrees_must_divide_the_model():
@@ -142,3 +152,22 @@ def test_pipeline_split_points():
     with pytest.raises(PlanMismatchError, match=r"split_spec \['model.layers.1'\] disagrees with the plan's stages "
                                                 r"\['model.layers.0'\]"):
         pipeline_split_spec(disagreeing)
+
+
+# ---- the planner's plans against the real models ----------------------------------------------
+
+@pytest.mark.parametrize("preset, layout", [
+    ("llama-tiny", "mp=2"), ("llama-tiny", "pp=2"), ("gpt3-tiny", "mp=2"), ("deepseek-v3-tiny", "pp=2"),
+    pytest.param("qwen2-tiny", "mp=2", marks=pytest.mark.xfail(
+        strict=True, reason="planner emits q/k/v_proj and gate/up_proj; PaddleFormers 1.2.0's classic Qwen2 fuses "
+                            "them as self_attn.qkv_proj and mlp.up_gate_proj")),
+])
+def test_planner_patterns_match_the_real_model(preset, layout):
+    from planner.api import make_plan
+
+    plan, _ = make_plan(preset, "2xcpu", seq_len=32, global_batch=4, layout=layout)
+    model = build_model(load_preset(preset), seed=0)
+    check_plan(plan, load_preset(preset), CPU2)
+    config = parallelize_config(plan, model)  # raises PlanMismatchError naming any unmatched pattern
+    assert ("mp_config" in config) == bool(plan.parallelize_plan)
+    assert ("pp_config" in config) == (plan.layout.pp > 1)

@@ -97,6 +97,30 @@ def test_corpus_data_dp2_matches_single_process(tmp_path, reference, tiny_corpus
     _assert_parity(losses, reference("llama-tiny", prefix))
 
 
+PLANNED_CASES = [
+    # The planner picks the layout for 2 CPU processes (dp=2 with sharding stage 1 at this size).
+    ("llama-auto", "llama-tiny", "auto"),
+    # A layout string; for GPT the planner adds sequence parallelism (SequenceParallelEnable on the norms).
+    ("gpt3-mp2-planned", "gpt3-tiny", "mp=2"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, model, plan", PLANNED_CASES, ids=[c[0] for c in PLANNED_CASES])
+def test_planned_in_process_matches_single_process(tmp_path, reference, name, model, plan):
+    import json
+
+    args = write_args(tmp_path / "args.json", model=model, plan=plan, output_dir=str(tmp_path / "out"),
+                      seq_length=32, global_batch_size=4, **TRAIN)
+    done = run_train(args, nproc=2, log_dir=tmp_path / "logs")
+    assert done.returncode == 0, f"{name} failed:\n{done.stderr[-3000:]}\n{worker_logs(tmp_path / 'logs')}"
+    applied = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert (applied["cluster"]["device"], applied["cluster"]["num_devices"]) == ("cpu", 2)
+    if plan != "auto":
+        assert applied["layout"]["mp"] == 2
+    _assert_parity([line["loss"] for line in read_metrics(tmp_path / "out")], reference(model))
+
+
 # ---- blocked on CPU -------------------------------------------------------------------------
 # Each of these fails on the CPU build of Paddle 3.3.1 for the reason in its comment; they run
 # where a CUDA build sees enough GPUs.

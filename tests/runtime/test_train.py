@@ -119,3 +119,18 @@ def test_tool_trains_from_a_plan_file(tmp_path):
     done = _run_tool(args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [json.loads(line)["step"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()] == [2]
+
+
+def test_layout_strings_and_auto_are_planned_for_this_launch(tmp_path):
+    from planner.frontends import load_preset
+    from runtime.train import resolve_plan
+
+    spec, two = load_preset("llama-tiny"), Launch(world_size=2, rank=0, device="cpu")
+    planned = resolve_plan(_args(tmp_path, plan="dp=2", seq_length=32, global_batch_size=4), spec, two)
+    assert (planned.layout.dp, planned.num_devices, planned.device, planned.seq_len) == (2, 2, "cpu", 32)
+    assert planned.layout.global_batch_size == 4
+    auto = resolve_plan(_args(tmp_path, seq_length=32, global_batch_size=8), spec, two)
+    assert auto.num_devices == 2 and auto.layout.global_batch_size == 8
+    with pytest.raises(PlanMismatchError, match="the plan is for a global batch of 4 sequences, the arguments ask for 8"):
+        resolve_plan(_args(tmp_path, global_batch_size=8, plan=str(write_plan(make_plan("llama-tiny", mbs=4),
+                                                                                tmp_path / "p.json"))), spec, two)
