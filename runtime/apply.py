@@ -135,7 +135,8 @@ def _check_divides(plan: "Plan", spec: "ModelSpec") -> None:
     covered = [layer for stage in sorted(plan.stages, key=lambda s: s.index)
                for layer in range(stage.first_layer, stage.last_layer + 1)]
     if covered != list(range(spec.num_layers + 2)):
-        raise PlanMismatchError(f"the plan's stages cover layers {covered[:3]}..{covered[-3:]}, not 0..{spec.num_layers + 1} "
+        raise PlanMismatchError(f"the plan's stages cover layers {covered[:3]}..{covered[-3:]}, "
+                                f"not 0..{spec.num_layers + 1} "
                                 "(embedding, decoder layers, head) in order")
 
 
@@ -185,12 +186,14 @@ def tensor_parallel_plan(parallelize_plan: dict) -> dict:
         objects = []
         for entry in entries if isinstance(entries, list) else [entries]:
             if not isinstance(entry, dict) or entry.get("style") not in STYLES:
-                raise PlanMismatchError(f"parallelize_plan[{pattern!r}]: {entry!r} needs a 'style' in {', '.join(STYLES)}")
+                raise PlanMismatchError(f"parallelize_plan[{pattern!r}]: {entry!r} needs a 'style' in "
+                                        f"{', '.join(STYLES)}")
             kwargs = {k: v for k, v in entry.items() if k != "style"}
             try:
                 objects.append(getattr(dist, entry["style"])(**kwargs))
             except TypeError as err:
-                raise PlanMismatchError(f"parallelize_plan[{pattern!r}]: {entry['style']} rejects {kwargs}: {err}") from None
+                raise PlanMismatchError(f"parallelize_plan[{pattern!r}]: {entry['style']} rejects {kwargs}: "
+                                        f"{err}") from None
         built[pattern] = objects[0] if len(objects) == 1 else objects
     return built
 

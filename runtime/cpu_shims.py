@@ -75,7 +75,7 @@ def _dynamic_partial_to_shard() -> None:
     def reshard(dist_tensor, mesh, placements):
         if (paddle.in_dynamic_mode() and dist_tensor.is_dist() and dist_tensor.process_mesh == mesh
                 and len(dist_tensor.placements) == len(placements)):
-            pairs = list(zip(dist_tensor.placements, placements))
+            pairs = list(zip(dist_tensor.placements, placements, strict=True))
             if any(isinstance(src, dist.Partial) and isinstance(dst, dist.Shard) for src, dst in pairs):
                 middle = [dist.Replicate() if isinstance(src, dist.Partial) and isinstance(dst, dist.Shard) else src
                           for src, dst in pairs]

@@ -25,8 +25,17 @@ import numpy as np
 import paddle  # the training loop is Paddle throughout; the planner-side modules stay paddle-free
 import paddle.distributed as dist
 
-from runtime.apply import (Launch, PlanMismatchError, build_mesh, check_plan, detect_launch, devices_string,
-                           move_stage_inputs, parallelize_config, stage_meshes)
+from runtime.apply import (
+    Launch,
+    PlanMismatchError,
+    build_mesh,
+    check_plan,
+    detect_launch,
+    devices_string,
+    move_stage_inputs,
+    parallelize_config,
+    stage_meshes,
+)
 from runtime.args import TrainArgs
 from runtime.checkpoint import save_checkpoint
 from runtime.cpu_shims import apply_cpu_shims
@@ -112,7 +121,7 @@ def apply_recompute(model, plan: "Plan") -> None:
     from paddle.distributed.fleet.utils import recompute
 
     modes = [mode for stage in sorted(plan.stages, key=lambda s: s.index) for mode in stage.recompute][1:-1]
-    for layer, mode in zip(model.model.layers, modes):
+    for layer, mode in zip(model.model.layers, modes, strict=True):
         if mode == "none":
             continue
         target = layer if mode == "full" else layer.self_attn
@@ -266,7 +275,8 @@ class Trainer:
             (output_dir / PLAN_FILE).write_text(json.dumps(self.plan.to_dict(), indent=1, sort_keys=True) + "\n")
         tokens_per_step = self.global_batch * self.seq_length
         batches = iter(self.loader)
-        progress = tqdm(total=args.max_steps, desc="train", unit="step", disable=not (is_writer and sys.stderr.isatty()))
+        on_terminal = is_writer and sys.stderr.isatty()
+        progress = tqdm(total=args.max_steps, desc="train", unit="step", disable=not on_terminal)
         history = []
         for step in range(1, args.max_steps + 1):
             lr = self.optimizer.get_lr()

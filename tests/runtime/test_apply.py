@@ -10,9 +10,19 @@ import pytest
 
 from planner.frontends import load_preset
 from planner.plan import Layout, Stage
-from runtime.apply import (Launch, PlanMismatchError, build_mesh, check_patterns, check_plan, parallelize_config,
-                           pattern_matches, pipeline_split_spec, planner_device_name, stage_split_names,
-                           tensor_parallel_plan)
+from runtime.apply import (
+    Launch,
+    PlanMismatchError,
+    build_mesh,
+    check_patterns,
+    check_plan,
+    parallelize_config,
+    pattern_matches,
+    pipeline_split_spec,
+    planner_device_name,
+    stage_split_names,
+    tensor_parallel_plan,
+)
 from runtime.models import build_model
 from tests.runtime.helpers import MP_PLANS, make_plan
 

@@ -54,7 +54,7 @@ def reference(tmp_path_factory):
 
 
 def _assert_parity(losses, expected):
-    assert all(abs(a - b) <= TOLERANCE for a, b in zip(losses, expected)), (losses, expected)
+    assert all(abs(a - b) <= TOLERANCE for a, b in zip(losses, expected, strict=True)), (losses, expected)
     assert expected[-1] < expected[0]  # the reference learns, so equal losses mean equal updates
 
 
@@ -166,4 +166,4 @@ def test_gpu_layout_matches_single_process(tmp_path, name, model, layout, to_sta
     single = _losses(tmp_path, "single", model, dict(mbs=4), nproc=1, device=device)
     losses = _losses(tmp_path, name, model, layout, nproc=nproc, to_static=to_static, device=device, **extra)
     tolerance = 5e-2 if extra.get("dtype") == "bfloat16" else TOLERANCE  # bf16 keeps 8 mantissa bits
-    assert all(abs(a - b) <= tolerance for a, b in zip(losses, single)), (losses, single)
+    assert all(abs(a - b) <= tolerance for a, b in zip(losses, single, strict=True)), (losses, single)

@@ -48,7 +48,7 @@ def test_single_process_training_writes_metrics(tmp_path):
 def test_micro_batches_accumulate_to_the_same_step(tmp_path):
     whole = train(_args(tmp_path / "a"), plan=make_plan("llama-tiny", mbs=4))
     split = train(_args(tmp_path / "b"), plan=make_plan("llama-tiny", mbs=1, micro_batches=4))
-    for one, four in zip(whole, split):
+    for one, four in zip(whole, split, strict=True):
         assert four.loss == pytest.approx(one.loss, abs=1e-5)
 
 
@@ -131,6 +131,6 @@ def test_layout_strings_and_auto_are_planned_for_this_launch(tmp_path):
     assert planned.layout.global_batch_size == 4
     auto = resolve_plan(_args(tmp_path, seq_length=32, global_batch_size=8), spec, two)
     assert auto.num_devices == 2 and auto.layout.global_batch_size == 8
-    with pytest.raises(PlanMismatchError, match="the plan is for a global batch of 4 sequences, the arguments ask for 8"):
+    with pytest.raises(PlanMismatchError, match="plan is for a global batch of 4 sequences, the arguments ask for 8"):
         resolve_plan(_args(tmp_path, global_batch_size=8, plan=str(write_plan(make_plan("llama-tiny", mbs=4),
                                                                                 tmp_path / "p.json"))), spec, two)
