@@ -46,8 +46,7 @@ class TrainArgs:
     pipeline_schedule: str = "auto"  # auto: VPP if the plan has vpp > 1, else 1F1B (FThenB on CPU)
     save_interval: int = 0  # steps between checkpoints; 0: no checkpoints
     log_interval: int = 1  # steps between metrics lines
-    tokenizer: str = ""  # local tokenizer directory (modes that read text)
-    mode_args: dict = field(default_factory=dict)  # settings of the mode, validated by the mode
+    mode_args: dict = field(default_factory=dict)  # settings of the mode (e.g. its tokenizer), validated by the mode
 
     def __post_init__(self) -> None:
         if self.mode not in TRAINING_MODES:
@@ -77,8 +76,6 @@ class TrainArgs:
                               ("pipeline_schedule", PIPELINE_SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"train args: {name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
-        if not isinstance(self.tokenizer, str):
-            raise ValueError(f"train args: tokenizer must be a directory path string, got {self.tokenizer!r}")
         if not isinstance(self.mode_args, dict):
             raise ValueError(f"train args: mode_args must be an object, got {self.mode_args!r}")
 
