@@ -115,7 +115,8 @@ def write_weights(state_dict: dict, output_path: str | os.PathLike, options: Mer
 
         single, index_name, pattern = SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, "model-{:05d}-of-{:05d}.safetensors"
     else:
-        single, index_name, pattern = PADDLE_WEIGHTS_NAME, PADDLE_WEIGHTS_INDEX_NAME, "model_state-{:05d}-of-{:05d}.pdparams"
+        single, index_name = PADDLE_WEIGHTS_NAME, PADDLE_WEIGHTS_INDEX_NAME
+        pattern = "model_state-{:05d}-of-{:05d}.pdparams"
     files, weight_map = [], {}
     for i, keys in enumerate(_shards(names, options.split_num)):
         file = out / (single if options.split_num == 1 else pattern.format(i + 1, options.split_num))

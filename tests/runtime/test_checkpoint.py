@@ -91,7 +91,7 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     assert schedule2.last_epoch == SAVE_AT
     resumed = _train_steps(model2, opt2, schedule2, SAVE_AT + 1, TOTAL)
     np.testing.assert_array_equal(resumed, losses[SAVE_AT:])
-    for (name, p), (_, q) in zip(model.named_parameters(), model2.named_parameters()):
+    for (name, p), (_, q) in zip(model.named_parameters(), model2.named_parameters(), strict=True):
         np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
 
 

@@ -138,7 +138,7 @@ def test_same_seed_same_weights_and_spec_validation():
     from runtime.gpt import build_gpt
 
     a, b = build_gpt(_spec(), seed=3), build_gpt(_spec(), seed=3)
-    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
     from planner.frontends import load_preset
 
