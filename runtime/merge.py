@@ -11,9 +11,10 @@ Output file names follow PaddleNLP / Hugging Face conventions:
 - one file:  model.safetensors | model_state.pdparams
 - shards:    model-00001-of-00003.safetensors | model_state-00001-of-00003.pdparams, plus the index
 
-If the checkpoint records the model (`extra["model_spec"]`, a ModelSpec dict, as the
-train loop saves it), it is written next to the weights as model_spec.json, so
-inference can rebuild the model without being told which one it is.
+The model the checkpoint was trained with (`extra["model_spec"]`, a ModelSpec dict, or
+else the `model` section of the run's plan.json beside the checkpoints) is written next
+to the weights as model_spec.json, so inference can rebuild the model without being
+told which one it is.
 """
 
 from __future__ import annotations
@@ -80,14 +81,6 @@ def resolve_model_checkpoint(input_path: str | os.PathLike) -> tuple[Path, dict 
     return newest / "model", json.loads((newest / META_FILE).read_text())
 
 
-def load_merged(input_path: str | os.PathLike, *, offload: bool = False) -> tuple[dict, dict | None]:
-    """(merged model parameters {name: paddle.Tensor}, checkpoint.json contents or None); one process."""
-    import paddle.distributed as dist
-
-    model_dir, meta = resolve_model_checkpoint(input_path)
-    return dist.load_merged_state_dict(str(model_dir), offload=offload), meta
-
-
 def _shards(names: list[str], split_num: int) -> list[list[str]]:
     # Contiguous, by count, as PaddleNLP's convert_to_safetensors: neighbouring layers stay together.
     base, extra = divmod(len(names), split_num)
@@ -137,17 +130,36 @@ def write_weights(state_dict: dict, output_path: str | os.PathLike, options: Mer
 def merge_checkpoint(input_path: str | os.PathLike, output_path: str | os.PathLike,
                      options: MergeOptions = MergeOptions()) -> MergeResult:
     """Merge the model parameters of a distributed checkpoint and write them (see module docstring)."""
-    state_dict, meta = load_merged(input_path, offload=options.offload)
+    import paddle.distributed as dist
+
+    model_dir, meta = resolve_model_checkpoint(input_path)
+    state_dict = dist.load_merged_state_dict(str(model_dir), offload=options.offload)
     if not state_dict:
         raise ValueError(f"input_path {str(input_path)!r}: the checkpoint holds no tensors")
     result = write_weights(state_dict, output_path, options)
-    spec = (meta or {}).get("extra", {}).get("model_spec")
+    spec = _model_spec_dict(model_dir, meta)
     if spec is None:
         return result
     spec_file = Path(output_path) / MODEL_SPEC_NAME
     spec_file.write_text(json.dumps(spec, indent=2))
     return MergeResult(output_path=result.output_path, files=result.files, index_file=result.index_file,
                        num_tensors=result.num_tensors, total_bytes=result.total_bytes, model_spec_file=spec_file)
+
+
+def _model_spec_dict(model_dir: Path, meta: dict | None) -> dict | None:
+    """The ModelSpec (as a dict) a checkpoint was trained with: extra["model_spec"], else the
+    run's plan.json (which records the model) next to the checkpoint directories; None if neither."""
+    if meta is None:
+        return None
+    if "model_spec" in meta.get("extra", {}):
+        return meta["extra"]["model_spec"]
+    from planner.plan import Plan
+    from runtime.train import PLAN_FILE
+
+    plan_file = model_dir.parent.parent / PLAN_FILE
+    if not plan_file.is_file():
+        return None
+    return Plan.from_dict(json.loads(plan_file.read_text())).model_config
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -180,6 +192,6 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f"weights file {str(path)!r}: unknown format (valid: .safetensors, .pdparams, .index.json)")
 
 
-__all__ = ["MergeOptions", "MergeResult", "merge_checkpoint", "load_merged", "write_weights", "read_weights",
+__all__ = ["MergeOptions", "MergeResult", "merge_checkpoint", "write_weights", "read_weights",
            "resolve_model_checkpoint", "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_INDEX_NAME", "PADDLE_WEIGHTS_NAME",
            "PADDLE_WEIGHTS_INDEX_NAME", "MODEL_SPEC_NAME"]
