@@ -123,9 +123,17 @@ def _check_divides(plan: "Plan", spec: "ModelSpec") -> None:
              "intermediate_size": spec.intermediate_size}
     if spec.moe is not None:
         sizes["expert_intermediate_size"] = spec.moe.expert_intermediate_size
-    if any(_matches_name(pattern, "lm_head") or _matches_name(pattern, "model.embed_tokens")
-           for pattern in plan.parallelize_plan):
-        sizes["vocab_size"] = spec.vocab_size
+    # Embedding weights are [vocab, hidden], lm_head weights [hidden, vocab]: the style says which one is split.
+    split_dim = {"model.embed_tokens": {"ColWiseParallel": "hidden_size", "RowWiseParallel": "vocab_size"},
+                 "lm_head": {"ColWiseParallel": "vocab_size", "RowWiseParallel": "hidden_size"}}
+    for pattern, entries in plan.parallelize_plan.items():
+        for layer, by_style in split_dim.items():
+            if not _matches_name(pattern, layer):
+                continue
+            for entry in entries if isinstance(entries, list) else [entries]:
+                if isinstance(entry, dict) and entry.get("style") in by_style:
+                    name = by_style[entry["style"]]
+                    sizes[name] = getattr(spec, name)
     for name, size in sizes.items():
         if size % mp:
             raise PlanMismatchError(f"mp={mp} does not divide {name}={size} of model {spec.name!r}")

@@ -144,6 +144,11 @@ def test_degrees_must_divide_the_model():
     plan = make_plan("llama-tiny", mp=4)
     with pytest.raises(PlanMismatchError, match="mp=4 does not divide num_kv_heads=2 of model 'llama-tiny'"):
         check_plan(plan, spec, Launch(world_size=4, rank=0, device="cpu"))
+    odd_vocab = spec.replace(vocab_size=511)
+    embedding_only = {"model.embed_tokens": {"style": "ColWiseParallel"}}  # splits hidden, not vocab
+    check_plan(make_plan(odd_vocab, mp=2, mp_plan=embedding_only), odd_vocab, CPU2)
+    with pytest.raises(PlanMismatchError, match="mp=2 does not divide vocab_size=511"):
+        check_plan(make_plan(odd_vocab, mp=2), odd_vocab, CPU2)  # lm_head column-parallel splits the vocabulary
     deep = make_plan("deepseek-v3-tiny", dp=2)
     moe_plan = dataclasses.replace(deep, layout=Layout(dp=2, ep=2))
     with pytest.raises(PlanMismatchError, match=r"ep=2, cp=1 have no auto-parallel implementation here"):
