@@ -26,15 +26,29 @@ def load_model_class(spec: str) -> type:
         target = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"model class {spec!r}: cannot import {module_name!r} ({error})") from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ValueError(f"model class {spec!r}: {module_name!r} has no attribute {attribute!r}")
-        target = getattr(target, part)
+    found = _attribute(target, attribute)
+    if found is None:
+        # PaddleFormers exports its models from paddleformers.transformers: accept "paddleformers:LlamaForCausalLM".
+        try:
+            found = _attribute(importlib.import_module(f"{module_name}.transformers"), attribute)
+        except ImportError:
+            found = None
+    if found is None:
+        raise ValueError(f"model class {spec!r}: {module_name!r} has no attribute {attribute!r}")
+    target = found
     import paddle
 
     if not (isinstance(target, type) and issubclass(target, paddle.nn.Layer)):
         raise ValueError(f"model class {spec!r} is not a paddle.nn.Layer subclass")
     return target
+
+
+def _attribute(owner, dotted: str):
+    for part in dotted.split("."):
+        if not hasattr(owner, part):
+            return None
+        owner = getattr(owner, part)
+    return owner
 
 
 def load_model_config(model_class: type, path: str | Path):

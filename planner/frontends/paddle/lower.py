@@ -162,9 +162,12 @@ class _Lowering:
         return ("b", self.s, elements // self.s) if elements % self.s == 0 else ("b", elements)
 
     def raw_shape(self, key: str) -> tuple:
+        """The evaluated shape, with "b" for the batch dim (symbolic, or traced as 1)."""
         dims = self.dims(key)
         first = self.c.tensors[key].shape[0] if dims else None
         if first is not None and first.op == "sym" and first.name == self.c.batch_symbol:
+            return ("b",) + dims[1:]
+        if not self.c.batch_symbol and len(dims) >= 2 and dims[0] == 1:
             return ("b",) + dims[1:]
         return dims
 
@@ -525,7 +528,7 @@ class _BlockGraph:
 
     def finish(self, count: int) -> Block:
         for group, name in self.groups:
-            for port, source in enumerate(self.group_inputs(group)):
+            for port, source in self.group_inputs(group):
                 producer = self.producer_node(source, group)
                 if producer is None or producer == name:
                     continue
@@ -550,23 +553,25 @@ class _BlockGraph:
         self.graph.add_edge(producer, consumer, shape=shape,
                             bytes=math.prod(1 if d == "b" else d for d in shape) * self.lo.dtype_bytes, port=port)
 
-    def group_inputs(self, group: _Group) -> list[str]:
-        """The activations a group reads from outside itself, by port."""
+    def group_operands(self, group: _Group) -> list[str]:
+        """The activations a group reads from outside itself, one per input port."""
         lo = self.lo
         if group.op_type == "attention" and "softmax" in group.info:
             qk, pv = lo.ops[group.ops[0]], lo.ops[group.ops[-1]]
-            operands = [qk.inputs[0], qk.inputs[1], pv.inputs[1]]
-        elif group.op_type in ("linear", "router") or (group.op_type == "attention" and "fused" in group.info):
-            operands = [k for k in lo.ops[group.ops[0]].inputs if k in lo.active]
-        else:
-            inside = {k for i in group.ops for k in lo.ops[i].outputs}
-            operands = [k for i in group.ops for k in lo.ops[i].inputs if k in lo.active and k not in inside]
+            return [qk.inputs[0], qk.inputs[1], pv.inputs[1]]
+        if group.op_type in ("linear", "router") or (group.op_type == "attention" and "fused" in group.info):
+            return [k for k in lo.ops[group.ops[0]].inputs if k in lo.active]
+        inside = {k for i in group.ops for k in lo.ops[i].outputs}
         out: list[str] = []
-        for key in operands:
-            for source in lo.sources(key):
-                if source not in out and lo.producer.get(source, -1) not in group.ops:
-                    out.append(source)
+        for key in (k for i in group.ops for k in lo.ops[i].inputs if k in lo.active and k not in inside):
+            if key not in out and any(lo.producer.get(s, -1) not in group.ops for s in lo.sources(key)):
+                out.append(key)
         return out
+
+    def group_inputs(self, group: _Group) -> list[tuple[int, str]]:
+        """(port, source tensor) for every tensor made outside the group that it reads."""
+        return [(port, source) for port, key in enumerate(self.group_operands(group))
+                for source in self.lo.sources(key) if self.lo.producer.get(source, -1) not in group.ops]
 
     def output_node(self) -> str:
         lo = self.lo
@@ -698,14 +703,13 @@ class _NodeMaker:
         return flops, bool(saves)
 
     def _group_io(self) -> tuple[list[str], str]:
-        """(inputs from outside the group, the output read outside it)."""
+        """(the operands read from outside the group, the output read outside it)."""
         lo, g = self.lo, self.g
-        inputs = self.b.group_inputs(g)
         inside = set(g.ops)
         leaving = [k for i in g.ops for k in lo.ops[i].outputs if k in lo.active
-                   and any(u not in inside for u in lo._view_users(k))]
+                   and (not lo._view_users(k) or any(u not in inside for u in lo._view_users(k)))]
         output = leaving[-1] if leaving else next(k for k in lo.ops[g.ops[-1]].outputs if k)
-        return inputs, output
+        return self.b.group_operands(g), output
 
     def _norm(self) -> OpNode:
         lo, g = self.lo, self.g
