@@ -3,6 +3,7 @@
     plan --model llama-7b --devices 8xA100
     plan --model deepseek-v3 --devices 2048xH800 --format json --out plan.json
     plan --model llama3.1-405b --devices 16384xH100 --layout "mp=8,pp=16,recompute=full"
+    plan --model-class paddleformers:LlamaForCausalLM --model path/to/config.json --devices 8xA100
     plan capacity ...   (what-if studies, see tools/capacity.py)
     plan validate ...   (cost model against published runs, see tools/validate.py)
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="plan", description="Choose a parallel layout for training an LLM with Paddle auto-parallel.")
     p.add_argument("--model", help="preset name (plan --list-models) or path to a config.json")
     p.add_argument("--devices", help="COUNTxDEVICE, e.g. 8xA100 or 2048xH800 (plan --list-devices)")
+    p.add_argument("--model-class", metavar="MODULE:CLASS",
+                   help="trace this paddle.nn.Layer, built from --model's config.json without weights, instead of "
+                        "the analytic model (e.g. paddleformers:LlamaForCausalLM); imports paddle")
     p.add_argument("--layout", help='score this layout, e.g. "mp=8,pp=16,dp=16,sharding=1,mbs=1,vpp=1,'
                                     'recompute=full,sp=1"; knobs left out are searched')
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's training length)")
@@ -83,6 +87,14 @@ def _list_devices() -> str:
     return "\n".join(rows)
 
 
+def _traced_graph(args: argparse.Namespace):
+    """The op graph of --model-class traced at the sequence length the plan will use."""
+    from planner.api import resolve
+    from planner.frontends.paddle import trace_config_file
+    request = resolve(args.model, args.devices, seq_len=args.seq_len)
+    return trace_config_file(args.model_class, args.model, spec=request.spec, seq_len=request.workload.seq_len)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
@@ -103,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     from planner.emit.report import format_report
     from planner.plan import dumps_plan_file
     try:
+        graph = _traced_graph(args) if args.model_class else None
         plan, report = make_plan(args.model, args.devices, seq_len=args.seq_len, global_batch=args.global_batch,
                                  global_batch_tokens=args.global_batch_tokens, layout=args.layout, mode=args.mode,
-                                 dtype=args.dtype, lora_rank=args.lora_rank)
+                                 dtype=args.dtype, lora_rank=args.lora_rank, graph=graph)
     except DoesNotFit as error:
         print(f"plan: {error}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
