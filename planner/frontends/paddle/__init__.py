@@ -11,6 +11,9 @@ weights) and lower.py (program -> OpGraph).
 """
 
 from planner.frontends.paddle.api import (
-    DECODER_KINDS, discover_layer_kinds, load_model_class, load_model_config, trace_model_class)
+    DECODER_KINDS, discover_layer_kinds, load_model_class, load_model_config, trace_config_file, trace_model_class)
+from planner.frontends.paddle.capture import TraceError
+from planner.frontends.paddle.lower import UnknownOpWarning
 
-__all__ = ["DECODER_KINDS", "discover_layer_kinds", "load_model_class", "load_model_config", "trace_model_class"]
+__all__ = ["DECODER_KINDS", "TraceError", "UnknownOpWarning", "discover_layer_kinds", "load_model_class",
+           "load_model_config", "trace_config_file", "trace_model_class"]

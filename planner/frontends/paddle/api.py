@@ -6,10 +6,15 @@ import importlib
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from planner.frontends.paddle.compat import install_stubs
 from planner.trace.graph import OpGraph
+
+if TYPE_CHECKING:
+    from planner.frontends.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -123,4 +128,19 @@ def trace_model_class(model_class: type, config, *, seq_len: int, layer_kinds: t
     capture = capture_model(model_class, config, layer_kinds=layer_kinds, seq_len=seq_len, name=name)
     graph = lower(capture, seq_len=seq_len, layer_kinds=layer_kinds, dtype_bytes=dtype_bytes)
     log.info("traced %s (%s) in %.1f s", name, capture.mode, time.perf_counter() - start)
+    return graph
+
+
+def trace_config_file(model_class: str, config_path: str | Path, *, spec: "ModelSpec", seq_len: int) -> OpGraph:
+    """Trace `module:Class` built from a config.json; `spec` (read from the same file) gives the layer kinds."""
+    if not str(config_path).endswith(".json") and not Path(config_path).is_dir():
+        raise ValueError(f"--model-class needs --model to be a config.json (or a directory holding one), "
+                         f"got {str(config_path)!r}")
+    cls = load_model_class(model_class)
+    graph = trace_model_class(cls, load_model_config(cls, config_path), seq_len=seq_len,
+                              layer_kinds=spec.layer_kinds(), name=spec.name)
+    if spec.num_mtp_layers and "mtp" not in graph.blocks:
+        warnings.warn(f"{spec.name}: the config asks for {spec.num_mtp_layers} multi-token-prediction layers but "
+                      f"{cls.__name__} built none (PaddleFormers 1.2.0's DeepseekV3Config drops "
+                      "num_nextn_predict_layers); planning without them", UserWarning, stacklevel=2)
     return graph

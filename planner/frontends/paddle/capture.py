@@ -41,8 +41,8 @@ TRACE_CONFIG = {"use_cache": False, "fuse_rms_norm": False, "tensor_model_parall
 SCALAR_TYPES = (bool, int, float, str)
 
 
-class TraceError(RuntimeError):
-    """The model could not be traced; the message says which input spec failed how."""
+class TraceError(ValueError):
+    """The model given cannot be traced (bad input to the planner); the message says what failed how."""
 
 
 def capture_model(model_class: type, config, *, layer_kinds: tuple[str, ...], seq_len: int,
