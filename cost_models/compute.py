@@ -14,6 +14,9 @@ from __future__ import annotations
 from cost_models.hardware import HardwareSpec
 
 MATMUL_OPS = ("linear", "expert_linear", "router")
+# Eager (unfused) frameworks run a norm, activation or rope as several kernels, each a pass over HBM:
+# eager RMSNorm is pow, mean, add, rsqrt, mul, mul (6 passes vs 2 fused); SwiGLU silu + mul 5 vs 3.
+UNFUSED_TRAFFIC_FACTOR = 3.0
 
 
 def op_time_s(op_type: str, flops: float, bytes_moved: float, hw: HardwareSpec, dtype: str, *,

@@ -27,6 +27,7 @@ class Calibration:
     kernel_overhead_s: float  # fixed cost per kernel (launch, tail wave)
     link_efficiency: float  # achieved / nominal bandwidth of collectives (NCCL bus bandwidth)
     dp_overlap: float  # share of gradient-sync time hidden behind backward compute
+    mp_overlap: float  # share of tensor-parallel collective time hidden behind the adjacent GEMMs
     runtime_reserve_bytes: int  # CUDA context, communicator buffers, allocator fragmentation
     provenance: str = ""
 
@@ -35,8 +36,9 @@ class Calibration:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ValueError(f"calibration: {name} must be in (0, 1], got {value}")
-        if not 0 <= self.dp_overlap <= 1:
-            raise ValueError(f"calibration: dp_overlap must be in [0, 1], got {self.dp_overlap}")
+        for name in ("dp_overlap", "mp_overlap"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"calibration: {name} must be in [0, 1], got {getattr(self, name)}")
         if self.kernel_overhead_s < 0 or self.runtime_reserve_bytes < 0:
             raise ValueError("calibration: kernel_overhead_s and runtime_reserve_bytes must be >= 0")
 

@@ -22,6 +22,8 @@ class Workload:
     dtype: str = "bf16"
     mode: str = "pretrain"
     lora_rank: int = 8
+    flash_attention: bool = True  # False: attention scores go through HBM (pre-2022 stacks)
+    fused_kernels: bool = True  # False: eager norms, activations and rope (several HBM passes each)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "global_batch", "lora_rank"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from math import prod
 from dataclasses import dataclass
 
 from cost_models.collectives import CommGroup, collective_time_s
@@ -52,7 +53,20 @@ def op_compute_s(op: OpNode, strategy: Strategy, micro_batch: int, hw: HardwareS
     traffic = activation_bytes + weight_bytes
     if phase == "bwd":
         traffic *= 2
-    return op_time_s(op.op_type, flops, traffic, hw, dtype, causal=op.causal, kernels=1 if phase == "fwd" else 2)
+    time_s = op_time_s(op.op_type, flops, traffic, hw, dtype, causal=op.causal, kernels=1 if phase == "fwd" else 2)
+    if dtype == "fp8" and op.weight_shape is not None:
+        time_s += _fp8_cast_s(op, strategy, share, hw, phase)
+    return time_s
+
+
+def _fp8_cast_s(op: OpNode, strategy: Strategy, share: float, hw: HardwareSpec, phase: str) -> float:
+    """FP8 GEMMs first cast their bf16 operands (read 2 bytes, write 1): the input and the weight forward,
+    the output gradient and transposed copies backward. Separate bandwidth-bound kernels."""
+    inputs = sum(prod(1 if d == "b" else d for d in shape) for shape in op.in_shapes) * share
+    weights = (op.params + op.shared_params) / strategy.param_divisor
+    elements = (inputs + weights) * (1 if phase == "fwd" else 2)
+    return 3.0 * elements / (hw.hbm_bytes_per_s * hw.calibration.memory_efficiency) + \
+        hw.calibration.kernel_overhead_s * (2 if phase == "fwd" else 4)
 
 
 def collective_s(collective: Collective, groups: Groups, hw: HardwareSpec, micro_batch: int = 1) -> float:

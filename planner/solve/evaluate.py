@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from cost_models.collectives import CommGroup, collective_time_s
-from cost_models.compute import MATMUL_OPS, optimizer_step_s
+from cost_models.compute import MATMUL_OPS, UNFUSED_TRAFFIC_FACTOR, op_time_s, optimizer_step_s
 from cost_models.hardware import HardwareSpec
 from cost_models.memory import StateBytes, pipeline_in_flight, state_bytes
 from planner.plan import Layout
 from planner.solve.costing import Groups, collective_s, op_compute_s
 from planner.solve.intra_op import BlockSharding
 from planner.strategies.sharding import layout_divisor, tensor_bytes
-from planner.trace.graph import Block, OpGraph
+from planner.trace.graph import MATMUL_OP_TYPES, Block, OpGraph
 from planner.workload import Workload
 
 CHEAP_OPS = ("norm", "rope")  # recomputed under selective recompute, with activation functions
@@ -71,34 +71,71 @@ class LayerCost:
     dense_params: float  # per device, of ops replicated over dp x cp
     expert_params: float  # per device, of expert ops (replicated over dp x cp / ep)
     trainable_fraction: float  # 1, or the LoRA adapters' share
+    recompute_flops: dict  # mode -> GEMM and attention FLOPs re-run per sequence (layout-independent)
 
 
 def _gemm_dtype(op_type: str, workload: Workload) -> str:
     return "fp8" if workload.dtype == "fp8" and op_type in ("linear", "expert_linear") else workload.compute_dtype
 
 
-def _saved_tensors(block: Block, sharding: BlockSharding, mode: str) -> set[str]:
-    """Producers whose output is kept for backward under `mode`."""
+def selective_recompute_ops(block: Block) -> frozenset[str]:
+    """Ops whose outputs selective recompute drops and re-runs (torchtitan's op-level policy).
+
+    Norms, rope and activation functions, and every second GEMM in block order;
+    attention outputs, the other GEMMs' outputs and the residual stream are kept.
+    """
+    graph, dropped, gemms = block.graph, set(), 0
+    for v in block.order:
+        op = graph.nodes[v]["op"]
+        if op.op_type in ("linear", "expert_linear"):
+            gemms += 1
+            if gemms % 2 == 0:
+                dropped.add(v)
+        elif _is_cheap(op) and v != block.input_node:
+            dropped.add(v)
+    return frozenset(dropped)
+
+
+def _saved_tensors(block: Block, mode: str) -> tuple[set[str], set[str]]:
+    """(producers whose output is kept for backward, producers re-run in backward) under `mode`."""
     graph = block.graph
     if mode == "full":
-        return {block.input_node}
-    saved = {u for u, v in graph.edges if graph.nodes[v]["op"].saves_input}
+        return {block.input_node}, set(block.order) - {block.input_node}
+    needed = {u for u, v in graph.edges if graph.nodes[v]["op"].saves_input}
     if mode == "none":
-        return saved
-    kept: set[str] = set()
-    frontier = sorted(saved)
-    while frontier:
+        return needed, set()
+    droppable = selective_recompute_ops(block)
+    kept, rerun = set(), set()
+    frontier = sorted(needed)
+    while frontier:  # a dropped tensor is re-made from its producer's inputs, kept or re-made in turn
         u = frontier.pop()
-        op = graph.nodes[u]["op"]
-        if _is_cheap(op) and u != block.input_node:
-            frontier.extend(p for p in graph.predecessors(u) if p not in kept)
+        if u in droppable:
+            if u not in rerun:
+                rerun.add(u)
+                frontier.extend(sorted(graph.predecessors(u)))
         else:
             kept.add(u)
-    return kept
+    return kept, rerun
 
 
 def _is_cheap(op) -> bool:
     return op.op_type in CHEAP_OPS or (op.op_type == "elementwise" and op.saves_input)
+
+
+def _unfused_attention_s(op, strategy, micro_batch: int, cp: int, hw: HardwareSpec, dtype: str,
+                         phase: str) -> tuple[float, float]:
+    """(time, saved bytes) of attention without FlashAttention: the s x s scores go through HBM.
+
+    Forward writes the scores, softmax reads and writes them, dropout reads them and writes its
+    output and a 1-byte mask, and the AV product reads them: ~11 bytes per score; backward ~2x.
+    The softmax output, dropout mask and dropout output stay for backward: 5 bytes per score
+    (Korthikanti et al. 2022). The GEMMs run at GEMM efficiency over the full (unmasked) square.
+    """
+    s = op.in_shapes[0][1]
+    scores = op.heads * s * (s / cp) * micro_batch / (strategy.work_divisor * cp)
+    flops = (op.fwd_flops if phase == "fwd" else op.bwd_flops) * micro_batch / (strategy.work_divisor * cp)
+    traffic = 11.0 * scores * (1 if phase == "fwd" else 2)
+    return op_time_s("linear", flops, traffic, hw, dtype, kernels=4 if phase == "fwd" else 8), 5.0 * scores
 
 
 def layer_cost(block: Block, sharding: BlockSharding, *, micro_batch: int, layout: Layout, workload: Workload,
@@ -106,19 +143,26 @@ def layer_cost(block: Block, sharding: BlockSharding, *, micro_batch: int, layou
     """Costs of one layer of `block` under its sharding, for `micro_batch` sequences per device."""
     graph, choice, cp, mp = block.graph, sharding.choice, layout.cp, layout.mp
     frozen = workload.mode == "lora"
-    fwd = bwd = cheap_fwd = 0.0
+    fwd = bwd = 0.0
     dense_params = expert_params = lora_params = 0.0
     extras = 0.0
+    op_fwd: dict[str, float] = {}
     for v in block.order:
         op, strategy = graph.nodes[v]["op"], choice[v]
         dtype = _gemm_dtype(op.op_type, workload)
-        t_fwd = op_compute_s(op, strategy, micro_batch, hw, dtype, "fwd", cp)
-        t_bwd = op_compute_s(op, strategy, micro_batch, hw, dtype, "bwd", cp)
+        if op.op_type == "attention" and not workload.flash_attention:
+            t_fwd, scores = _unfused_attention_s(op, strategy, micro_batch, cp, hw, dtype, "fwd")
+            t_bwd, _ = _unfused_attention_s(op, strategy, micro_batch, cp, hw, dtype, "bwd")
+            extras += scores
+        else:
+            t_fwd = op_compute_s(op, strategy, micro_batch, hw, dtype, "fwd", cp)
+            t_bwd = op_compute_s(op, strategy, micro_batch, hw, dtype, "bwd", cp)
         if frozen and op.op_type in MATMUL_OPS:
             t_bwd *= 0.5  # no weight gradients for frozen weights
+        if not workload.fused_kernels and op.op_type in ("norm", "rope", "elementwise"):
+            t_fwd, t_bwd = t_fwd * UNFUSED_TRAFFIC_FACTOR, t_bwd * UNFUSED_TRAFFIC_FACTOR
         fwd, bwd = fwd + t_fwd, bwd + t_bwd
-        if _is_cheap(op):
-            cheap_fwd += t_fwd
+        op_fwd[v] = t_fwd
         local = op.params / strategy.param_divisor
         if op.op_type in EXPERT_OPS:
             expert_params += local
@@ -128,8 +172,11 @@ def layer_cost(block: Block, sharding: BlockSharding, *, micro_batch: int, layou
             lora_params += workload.lora_rank * (op.weight_shape[0] + op.weight_shape[1]) / strategy.param_divisor
         extras += op.saved_extra_bytes * micro_batch / (strategy.work_divisor * cp)
     comm = {"mp": 0.0, "ep": 0.0, "cp": 0.0}
+    hidden = hw.calibration.mp_overlap  # tensor-parallel collectives overlapped with the GEMMs around them
     for c in sharding.collectives(block):
         t = collective_s(c, topo.groups, hw, micro_batch)
+        if c.group == "mp":
+            t *= 1 - hidden
         comm["ep" if c.group != "mp" else "mp"] += t
         if c.phase == "fwd":
             fwd += t
@@ -138,21 +185,29 @@ def layer_cost(block: Block, sharding: BlockSharding, *, micro_batch: int, layou
     ring_fwd, ring_bwd = _ring_attention_s(block, sharding, micro_batch, layout, hw, topo, workload)
     comm["cp"] = ring_fwd + ring_bwd
     fwd, bwd = fwd + ring_fwd, bwd + ring_bwd
-    act = {mode: _activation_bytes(block, sharding, mode, micro_batch, mp, cp) for mode in ("none", "selective", "full")}
+    act, recompute, recompute_flops = {}, {}, {}
+    for mode in ("none", "selective", "full"):
+        kept, rerun = _saved_tensors(block, mode)
+        act[mode] = _activation_bytes(block, sharding, kept, micro_batch, mp, cp)
+        recompute[mode] = fwd if mode == "full" else sum(op_fwd[v] for v in rerun)
+        recompute_flops[mode] = sum(graph.nodes[v]["op"].fwd_flops for v in rerun
+                                    if graph.nodes[v]["op"].op_type in MATMUL_OP_TYPES)
     act["none"] += extras
     act["selective"] += extras
     if block.kind in ("head", "mtp"):  # the loss keeps fp32 softmax stats even under full recompute
         act["full"] += extras
+    # pipeline messages are split over the mp ranks (Megatron's scatter/gather; inherent under sequence
+    # parallelism): each rank sends 1/mp over its own link, and the rest is gathered inside the node
     out_op = graph.nodes[block.output_node]["op"]
-    boundary = tensor_bytes(out_op.out_shape) * micro_batch / cp / layout_divisor(choice[block.output_node].out_layout, mp)
+    boundary = tensor_bytes(out_op.out_shape) * micro_batch / cp / mp
     trainable_fraction = 1.0
     if frozen:
         total = dense_params + expert_params
         trainable_fraction = lora_params / total if total else 0.0
     return LayerCost(
-        fwd_s=fwd, bwd_s=bwd, recompute_s={"none": 0.0, "selective": cheap_fwd, "full": fwd},
-        comm_s=comm, act_bytes=act, transient_bytes=act["none"], boundary_bytes=boundary,
-        dense_params=dense_params, expert_params=expert_params, trainable_fraction=trainable_fraction)
+        fwd_s=fwd, bwd_s=bwd, recompute_s=recompute, comm_s=comm, act_bytes=act, transient_bytes=act["none"],
+        boundary_bytes=boundary, dense_params=dense_params, expert_params=expert_params,
+        trainable_fraction=trainable_fraction, recompute_flops=recompute_flops)
 
 
 def model_flops_per_sequence(graph: OpGraph) -> float:
@@ -160,17 +215,10 @@ def model_flops_per_sequence(graph: OpGraph) -> float:
     return sum(3 * block.count * block.matmul_fwd_flops for block in graph.blocks.values())
 
 
-def recompute_flops_per_sequence(block: Block, mode: str) -> float:
-    """Extra GEMM and attention FLOPs of one layer under recompute `mode` (as Megatron's hardware FLOPs count).
-
-    Selective recompute re-runs only norms, rope and activations: no GEMM FLOPs.
-    """
-    return block.matmul_fwd_flops if mode == "full" else 0.0
-
-
-def _activation_bytes(block: Block, sharding: BlockSharding, mode: str, micro_batch: int, mp: int, cp: int) -> float:
+def _activation_bytes(block: Block, sharding: BlockSharding, kept: set[str], micro_batch: int, mp: int,
+                      cp: int) -> float:
     total = 0.0
-    for u in _saved_tensors(block, sharding, mode):
+    for u in kept:
         op = block.graph.nodes[u]["op"]
         total += tensor_bytes(op.out_shape) / layout_divisor(sharding.choice[u].out_layout, mp)
     return total * micro_batch / cp
@@ -276,7 +324,8 @@ def gradient_sync_s(dense_params: float, expert_params: float, *, layout: Layout
             total += collective_time_s("reduce_scatter", params * grad_bytes, group, hw)
             total += collective_time_s("all_gather", params * 2.0, group, hw) if trainable_fraction else 0.0
         else:  # stage 3: gather weights for forward and backward, reduce-scatter gradients, every micro-batch
-            per_mb = (2 * collective_time_s("all_gather", params * 2.0, group, hw)
+            gathered = 1.0 if workload.dtype == "fp8" else WEIGHT_GATHER_BYTES  # FP8 training gathers FP8 weights
+            per_mb = (2 * collective_time_s("all_gather", params * gathered, group, hw)
                       + collective_time_s("reduce_scatter", params * grad_bytes, group, hw))
             total += per_mb * layout.num_micro_batches
     return total
@@ -363,8 +412,7 @@ def estimate(graph: OpGraph, costs: dict, assignment: list[dict], *, layout: Lay
         breakdown["optimizer"] = max(breakdown["optimizer"], p.optimizer_s)
     pipeline, breakdown["bubble"] = step_time([c.time_s for c in stage_costs], layout)
     model_flops_step = model_flops_per_sequence(graph) * workload.global_batch
-    extra = sum(recompute_flops_per_sequence(graph.blocks[kind], mode) * n
-                for counts in assignment for (kind, mode), n in counts.items())
+    extra = sum(costs[kind].recompute_flops[mode] * n for counts in assignment for (kind, mode), n in counts.items())
     if workload.mode == "dpo":  # the reference forward is hardware work, not model FLOPs
         extra += model_flops_per_sequence(graph) / 3
     return Estimate(layout=layout, step_time_s=pipeline + breakdown["dp_comm"] + breakdown["optimizer"],

@@ -449,7 +449,8 @@ def _combine(a: LayerCost, b: LayerCost) -> LayerCost:
                      comm_s=add(a.comm_s, b.comm_s), act_bytes=add(a.act_bytes, b.act_bytes),
                      transient_bytes=a.transient_bytes + b.transient_bytes, boundary_bytes=a.boundary_bytes,
                      dense_params=a.dense_params + b.dense_params, expert_params=a.expert_params + b.expert_params,
-                     trainable_fraction=lora / total if total else 1.0)
+                     trainable_fraction=lora / total if total else 1.0,
+                     recompute_flops=add(a.recompute_flops, b.recompute_flops))
 
 
 def _no_candidate_reason(spec: ModelSpec, cluster: ClusterSpec, fixed: dict, workload: Workload) -> str:

@@ -1,0 +1,1 @@
+"""Calibration and validation of the cost models against published training runs."""
