@@ -122,7 +122,8 @@ class Study:
     """A model and training mode, swept over device types x counts x sequence lengths x global batches.
 
     Empty `seq_lens` / batch tuples mean the model's defaults. `train_tokens` (tokens to train on)
-    turns throughput into days and device-hours; `price_per_device_hour` turns those into cost.
+    turns throughput into days and device-hours; `prices_per_device_hour` turns those into cost: one price
+    for every device type, or one per entry of `devices`, in its order.
     """
 
     spec: ModelSpec
@@ -134,7 +135,7 @@ class Study:
     mode: str = "pretrain"
     dtype: str | None = None  # None: the device's default (bf16, fp16 without bf16)
     train_tokens: int | None = None
-    price_per_device_hour: float | None = None
+    prices_per_device_hour: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.devices:
@@ -160,9 +161,26 @@ class Study:
             raise ValueError(f"mode {self.mode!r} is not one of {', '.join(TRAINING_MODES)}")
         if self.train_tokens is not None and (not isinstance(self.train_tokens, int) or self.train_tokens < 1):
             raise ValueError(f"training tokens must be a positive integer, got {self.train_tokens!r}")
-        if self.price_per_device_hour is not None and not (math.isfinite(self.price_per_device_hour)
-                                                           and self.price_per_device_hour >= 0):
-            raise ValueError(f"price per device-hour must be a finite number >= 0, got {self.price_per_device_hour!r}")
+        for price in self.prices_per_device_hour:
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or not (math.isfinite(price)
+                                                                                      and price >= 0):
+                raise ValueError(f"price per device-hour must be a finite number >= 0, got {price!r}")
+        if len(self.prices_per_device_hour) not in (0, 1, len(self.devices)):
+            raise ValueError(f"{len(self.prices_per_device_hour)} prices per device-hour for "
+                             f"{len(self.devices)} device types ({', '.join(self.devices)}): give one price for "
+                             "all or one per device type")
+        if self.prices_per_device_hour and self.train_tokens is None:
+            raise ValueError("a price per device-hour needs the number of training tokens (the cost is of "
+                             "training on them)")
+
+    def prices(self) -> dict:
+        """Canonical device name -> price per device-hour (empty without prices)."""
+        names = [load_hardware(name).name for name in self.devices]
+        if not self.prices_per_device_hour:
+            return {}
+        if len(self.prices_per_device_hour) == 1:
+            return dict.fromkeys(names, float(self.prices_per_device_hour[0]))
+        return {name: float(price) for name, price in zip(names, self.prices_per_device_hour, strict=True)}
 
     def workloads(self) -> tuple[tuple[int | None, int | None, int | None], ...]:
         """(seq_len, global_batch, global_batch_tokens) combinations, in the order given."""
@@ -300,6 +318,10 @@ class _Evaluator:
 
     study: Study
     planners: dict = dataclasses.field(default_factory=dict)  # Workload -> Planner
+    prices: dict = dataclasses.field(init=False)  # canonical device name -> price per device-hour
+
+    def __post_init__(self) -> None:
+        self.prices = self.study.prices()
 
     def row(self, point: Point) -> Row:
         study, spec = self.study, self.study.spec
@@ -336,8 +358,8 @@ class _Evaluator:
             seconds = study.train_tokens / est.tokens_per_s
             days = seconds / SECONDS_PER_DAY
             hours = seconds * point.num_devices / SECONDS_PER_HOUR
-            if study.price_per_device_hour is not None:
-                cost = hours * study.price_per_device_hour
+            if hw.name in self.prices:
+                cost = hours * self.prices[hw.name]
         return Row(**base, fits=True, layout=best.candidate.layout.short(), step_time_s=est.step_time_s,
                    tokens_per_s=est.tokens_per_s, mfu=est.mfu, **_memory_fields(est.memory), train_days=days,
                    device_hours=hours, cost=cost, reason="")
@@ -357,6 +379,48 @@ def with_scaling_efficiency(rows: tuple[Row, ...]) -> tuple[Row, ...]:
         base.setdefault(row.series, row.tokens_per_s / row.num_devices)
     return tuple(dataclasses.replace(r, scaling_efficiency=r.tokens_per_s / r.num_devices / base[r.series])
                  if r.fits else r for r in rows)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScalingLimit:
+    """Where adding devices stops paying in one series (rows differing only in device count).
+
+    last_efficient: the largest count whose scaling efficiency is at least `floor`;
+    first_inefficient: the smallest count below `floor` (None: every count stays above it);
+    peak: the count with the highest throughput (past it, more devices are slower).
+    """
+
+    device: str
+    seq_len: int
+    global_batch: int
+    floor: float
+    last_efficient: Row
+    first_inefficient: Row | None
+    peak: Row
+
+
+def scaling_limits(rows: tuple[Row, ...], *, floor: float = 0.8) -> tuple[ScalingLimit, ...]:
+    """One ScalingLimit per series with at least two fitting counts, in the order the series first appear."""
+    if not 0 < floor <= 1:
+        raise ValueError(f"scaling efficiency floor must be in (0, 1], got {floor!r}")
+    series: dict = {}
+    for row in rows:
+        if row.fits:
+            series.setdefault(row.series, []).append(row)
+    out = []
+    for members in series.values():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda r: r.num_devices)
+        below = [r for r in members if r.scaling_efficiency < floor]
+        first_below = below[0] if below else None
+        efficient = [r for r in members if r.scaling_efficiency >= floor
+                     and (first_below is None or r.num_devices < first_below.num_devices)]
+        first = members[0]
+        out.append(ScalingLimit(device=first.device, seq_len=first.seq_len, global_batch=first.global_batch,
+                                floor=floor, last_efficient=efficient[-1], first_inefficient=first_below,
+                                peak=max(members, key=lambda r: (r.tokens_per_s, -r.num_devices))))
+    return tuple(out)
 
 
 # ---- running tasks, in process or in worker processes --------------------------------------------

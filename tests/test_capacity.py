@@ -27,7 +27,7 @@ PRICE = 2.5
 @pytest.fixture(scope="module")
 def study() -> Study:
     return Study(spec=load_model("llama-7b"), devices=("H100", "A100-40GB"), counts=parse_counts("1,2,4,8"),
-                 train_tokens=TOKENS, price_per_device_hour=PRICE)
+                 train_tokens=TOKENS, prices_per_device_hour=(PRICE,))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,11 @@ def test_study_validates():
     with pytest.raises(ValueError, match="fp8"):
         Study(spec=spec, devices=("A100",), counts=Counts(explicit=(8,)), dtype="fp8")
     with pytest.raises(ValueError, match="price"):
-        Study(spec=spec, devices=("H100",), counts=Counts(explicit=(8,)), price_per_device_hour=-1.0)
+        Study(spec=spec, devices=("H100",), counts=Counts(explicit=(8,)), train_tokens=TOKENS,
+              prices_per_device_hour=(-1.0,))
+    with pytest.raises(ValueError, match="one per device type"):
+        Study(spec=spec, devices=("H100", "A100"), counts=Counts(explicit=(8,)), train_tokens=TOKENS,
+              prices_per_device_hour=(1.0, 2.0, 3.0))
     with pytest.raises(ValueError, match="target days"):
         Goal(target_days=0.0)
 
@@ -253,6 +257,28 @@ def test_cli_sweep_writes_table_csv_and_plot(tmp_path, capsys):
     _assert_png(png_path)
 
 
+def test_cli_prices_per_device_type(tmp_path, capsys):
+    csv_path = tmp_path / "priced.csv"
+    code = capacity_main(["--model", "llama-7b", "--device", "H100,A100-80GB", "--devices", "8", "--tokens", "1T",
+                          "--price-per-device-hour", "A100=1,H100=3", "--csv", str(csv_path), "--jobs", "1"])
+    assert code == 0
+    h100, a100 = rows_from_csv(csv_path.read_text())
+    assert math.isclose(h100.cost, 3 * h100.device_hours) and math.isclose(a100.cost, 1 * a100.device_hours)
+    assert "H100-SXM $3, A100-80GB $1" in capsys.readouterr().out
+
+
+def test_scaling_limit_is_the_first_count_below_the_floor(result):
+    from planner.capacity import scaling_limits
+    for limit in scaling_limits(result.rows, floor=1.0):
+        fitting = sorted((r for r in result.rows if r.fits and r.device == limit.device), key=lambda r: r.num_devices)
+        below = [r for r in fitting if r.scaling_efficiency < 1.0]
+        assert limit.first_inefficient == (below[0] if below else None)
+        assert limit.last_efficient.scaling_efficiency >= 1.0
+        assert limit.peak.tokens_per_s == max(r.tokens_per_s for r in fitting)
+    with pytest.raises(ValueError, match="floor"):
+        scaling_limits(result.rows, floor=0.0)
+
+
 def test_cli_goal_seeking_misses_an_impossible_deadline(capsys):
     # 1T tokens in under 90 seconds: billions of tokens per second, far beyond 8 devices
     code = capacity_main(["--model", "llama-7b", "--device", "H100", "--devices", "4..8", "--tokens", "1T",
@@ -278,6 +304,9 @@ BAD_ARGUMENTS = [
     ["--device", "H100", "--devices", "8", "--tokens", "1T", "--target-days", "30", "--min-fit"],
     ["--device", "H100", "--devices", "8", "--granularity", "8"],
     ["--device", "H100", "--devices", "8", "--price-per-device-hour", "2"],
+    ["--device", "H100", "--devices", "8", "--tokens", "1T", "--price-per-device-hour", "cheap"],
+    ["--device", "H100,A100", "--devices", "8", "--tokens", "1T", "--price-per-device-hour", "H100=2"],
+    ["--device", "H100", "--devices", "8", "--min-scaling", "1.5"],
     ["--device", "H100", "--devices", "8", "--jobs", "0"],
     ["--device", "A100", "--devices", "8", "--dtype", "fp8"],
     ["--device", "H100", "--devices", "8", "--global-batch", "64", "--global-batch-tokens", "4M"],

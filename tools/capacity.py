@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("pretrain", "sft", "lora", "dpo"), default="pretrain")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp8"), help="training precision (default: the device's)")
     p.add_argument("--tokens", type=parse_count, help="tokens to train on (e.g. 15T): adds days and device-hours")
-    p.add_argument("--price-per-device-hour", type=_float, help="price of one device-hour: adds the cost")
+    p.add_argument("--price-per-device-hour", help="price of one device-hour, adds the cost: 2.5 for every device "
+                                                   "type, or per type: H800=2.1,A100=1.3")
+    p.add_argument("--min-scaling", type=_float, default=0.8,
+                   help="sweeps: the per-device throughput, relative to the smallest fitting cluster, below which "
+                        "scaling stops paying (default 0.8)")
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--target-days", type=_float, help="find the smallest count that trains --tokens in this "
                                                          "many days")
@@ -100,13 +104,40 @@ def _study(args: argparse.Namespace):
         raise ValueError("--target-days needs --tokens (the number of tokens to train on, e.g. 15T)")
     if args.granularity is not None and not seeking:
         raise ValueError("--granularity applies to goal seeking (--target-days or --min-fit)")
-    if args.price_per_device_hour is not None and args.tokens is None:
-        raise ValueError("--price-per-device-hour needs --tokens (the cost is of training on them)")
     return Study(spec=load_model(args.model), devices=devices,
+                 prices_per_device_hour=_prices(args.price_per_device_hour, devices),
                  counts=parse_counts(args.devices if args.devices is not None else DEFAULT_SEEK_RANGE),
                  seq_lens=args.seq_len, global_batches=args.global_batch,
                  global_batch_tokens=args.global_batch_tokens, mode=args.mode, dtype=args.dtype,
-                 train_tokens=args.tokens, price_per_device_hour=args.price_per_device_hour)
+                 train_tokens=args.tokens)
+
+
+def _prices(text: str | None, devices: tuple[str, ...]) -> tuple[float, ...]:
+    """--price-per-device-hour: one number for all device types, or DEVICE=PRICE for each of them."""
+    from cost_models.hardware import load_hardware
+    if text is None:
+        return ()
+    items = [item.strip() for item in text.split(",")]
+    if len(items) == 1 and "=" not in items[0]:
+        return (_number(items[0], "--price-per-device-hour"),)
+    given = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--price-per-device-hour {text!r}: give one price, or DEVICE=PRICE for every device")
+        given[load_hardware(name).name] = _number(value, "--price-per-device-hour")
+    wanted = [load_hardware(name).name for name in devices]
+    if set(given) != set(wanted):
+        raise ValueError(f"--price-per-device-hour {text!r} prices {', '.join(sorted(given))}; "
+                         f"the devices are {', '.join(wanted)}")
+    return tuple(given[name] for name in wanted)
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not a number") from None
 
 
 def _progress(total: int | None, description: str):
@@ -122,9 +153,11 @@ def _progress(total: int | None, description: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from planner.capacity import Goal, rows_to_csv, seek, sweep
-    from planner.emit.capacity import format_goals, format_rows
+    from planner.capacity import Goal, rows_to_csv, scaling_limits, seek, sweep
+    from planner.emit.capacity import format_goals, format_rows, format_scaling
     try:
+        if not 0 < args.min_scaling <= 1:
+            raise ValueError(f"--min-scaling must be in (0, 1], got {args.min_scaling:g}")
         study = _study(args)
         goal = (Goal(target_days=args.target_days, granularity=args.granularity)
                 if args.target_days is not None or args.min_fit else None)
@@ -149,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             close()
         rows = result.rows
-        print(format_rows(rows, train_tokens=study.train_tokens, price_per_device_hour=study.price_per_device_hour),
-              end="")
+        print(format_rows(rows, train_tokens=study.train_tokens, prices=study.prices()), end="")
+        print(format_scaling(scaling_limits(rows, floor=args.min_scaling)), end="")
         status = 0
     else:
         update, close = _progress(None, f"{study.spec.name} goal seeking")
@@ -159,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             close()
         rows = tuple(row for r in results for row in r.trail)
-        print(format_goals(results, goal, train_tokens=study.train_tokens,
-                           price_per_device_hour=study.price_per_device_hour), end="")
+        print(format_goals(results, goal, train_tokens=study.train_tokens, prices=study.prices()), end="")
         status = 0 if all(r.answer is not None for r in results) else EXIT_DOES_NOT_FIT
     if args.csv is not None:
         args.csv.write_text(rows_to_csv(rows))

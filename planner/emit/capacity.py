@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.capacity import Goal, GoalResult, Row
+from planner.capacity import Goal, GoalResult, Row, ScalingLimit
 
 GiB = 2**30
 
@@ -32,8 +32,7 @@ def describe_workload(rows: tuple[Row, ...]) -> str:
             f"{'/'.join(sorted({r.dtype for r in rows}))}")
 
 
-def format_rows(rows: tuple[Row, ...], *, train_tokens: int | None = None,
-                price_per_device_hour: float | None = None) -> str:
+def format_rows(rows: tuple[Row, ...], *, train_tokens: int | None = None, prices: dict | None = None) -> str:
     """A table with one line per row; rows where nothing fits point to a numbered reason below the table."""
     def always(row: Row) -> bool:
         return True
@@ -55,13 +54,14 @@ def format_rows(rows: tuple[Row, ...], *, train_tokens: int | None = None,
     if train_tokens is not None:
         columns += [("days", 7, lambda r: _days(r.train_days), fits),
                     ("device-h", 9, lambda r: _si(r.device_hours), fits)]
-        if price_per_device_hour is not None:
+        if any(r.cost is not None for r in rows):
             columns.append(("cost", 8, lambda r: f"${_si(r.cost)}", fits))
     columns += [("mem GiB", 8, lambda r: f"{r.memory_bytes / GiB:.1f}", memory_known),
                 ("act GiB", 8, lambda r: f"{r.activations_bytes / GiB:.1f}", memory_known)]
     lines = [describe_workload(rows)]
     if train_tokens is not None:
-        price = f" at ${price_per_device_hour:g} per device-hour" if price_per_device_hour is not None else ""
+        price = (", per device-hour: " + ", ".join(f"{name} ${value:g}" for name, value in prices.items())
+                 if prices else "")
         lines.append(f"training on {_si(train_tokens)} tokens{price}")
     lines.append("  ".join(f"{name:>{width}}" for name, width, _, _ in columns) + "  layout")
     reasons = []
@@ -79,8 +79,28 @@ def format_rows(rows: tuple[Row, ...], *, train_tokens: int | None = None,
     return "\n".join(lines) + "\n"
 
 
+def format_scaling(limits: tuple[ScalingLimit, ...]) -> str:
+    """Per series: up to which count doubling keeps paying, and where throughput peaks."""
+    lines = []
+    several_seqs = len({limit.seq_len for limit in limits}) > 1
+    several_batches = len({limit.global_batch for limit in limits}) > 1
+    for limit in limits:
+        keep, drop, peak = limit.last_efficient, limit.first_inefficient, limit.peak
+        what = (limit.device + (f", seq {limit.seq_len}" if several_seqs else "")
+                + (f", batch {limit.global_batch}" if several_batches else ""))
+        if drop is None:
+            lines.append(f"{what}: per-device throughput stays at or above {100 * limit.floor:.0f} % of the smallest "
+                         f"fitting cluster's up to {keep.num_devices} devices (the largest swept)")
+        else:
+            lines.append(f"{what}: scaling stops paying past {keep.num_devices} devices: at {drop.num_devices} "
+                         f"per-device throughput is {100 * drop.scaling_efficiency:.0f} % of the smallest fitting "
+                         f"cluster's (floor {100 * limit.floor:.0f} %)")
+        lines.append(f"  throughput peaks at {peak.num_devices} devices ({_si(peak.tokens_per_s)} tokens/s)")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def format_goals(results: tuple[GoalResult, ...], goal: Goal, *, train_tokens: int | None = None,
-                 price_per_device_hour: float | None = None) -> str:
+                 prices: dict | None = None) -> str:
     """Per device type and workload: the smallest count meeting the goal, its row, and the check below it."""
     what = goal.describe(train_tokens)
     lines = []
@@ -98,7 +118,7 @@ def format_goals(results: tuple[GoalResult, ...], goal: Goal, *, train_tokens: i
             continue
         answer = result.answer
         lines.append(f"smallest count of {result.device} that {what}: {answer.num_devices}")
-        table = format_rows((answer,), train_tokens=train_tokens, price_per_device_hour=price_per_device_hour)
+        table = format_rows((answer,), train_tokens=train_tokens, prices=prices)
         lines += ["  " + line for line in table.splitlines()[1:]]
         if result.below is None:
             lines.append(f"  {answer.num_devices} is the first candidate count ({searches} searches)")
