@@ -25,7 +25,7 @@ class Layout:
     Devices = dp * cp * mp * pp. Expert parallelism reuses data-parallel ranks:
     ep divides dp * cp, and each expert lives on num_experts / ep of them.
     Sharding stage k (ZeRO-k) shards optimizer state (1), gradients (2) and
-    parameters (3) over the dp axis.
+    parameters (3) over the dp x cp ranks that hold the same weights.
     """
 
     dp: int = 1
@@ -56,8 +56,9 @@ class Layout:
             raise ValueError("layout: sequence_parallel needs mp > 1 (it shards the sequence over the mp axis)")
         if self.vpp > 1 and self.pp == 1:
             raise ValueError(f"layout: vpp={self.vpp} needs pp > 1")
-        if self.sharding_stage and self.dp == 1:
-            raise ValueError(f"layout: sharding stage {self.sharding_stage} needs dp > 1 (it shards over the dp axis)")
+        if self.sharding_stage and self.dp * self.cp == 1:
+            raise ValueError(f"layout: sharding stage {self.sharding_stage} needs dp*cp > 1 "
+                             "(it shards over the ranks that hold the same weights)")
 
     @property
     def num_devices(self) -> int:

@@ -174,8 +174,8 @@ def _case(raw: dict, *, need_measurement: bool = True) -> PublishedCase:
     cp = _int(p.get("cp")) or 1
     fsdp = _int(p.get("fsdp"))
     knobs = {"mp": mp, "pp": pp, "cp": cp}
-    if fsdp is not None:  # torchtitan FSDP2: ZeRO-3 over the fsdp ranks, sequence parallel with TP
-        knobs.update(dp=fsdp, sharding=3 if fsdp > 1 else 0, sp=int(mp > 1))
+    if fsdp is not None:  # torchtitan FSDP2: ZeRO-3 over the fsdp x cp ranks, sequence parallel with TP
+        knobs.update(dp=fsdp, sharding=3 if fsdp * cp > 1 else 0, sp=int(mp > 1))
     else:
         knobs["dp"] = devices // (mp * pp * cp)
         stage = _int(p.get("sharding_stage")) if _int(p.get("sharding_stage")) is not None else _int(p.get("zero_stage"))

@@ -48,7 +48,7 @@ def parallelize_plan(graph: OpGraph, shardings: dict, layout: Layout) -> dict:
             if not strategy.paddle_style:
                 continue
             style = {"style": strategy.paddle_style}
-            if op.op_type == "embedding" or op.name == "lm_head":
+            if strategy.paddle_style == "ColWiseParallel" and (op.op_type == "embedding" or op.name == "lm_head"):
                 consumer_layouts = [sharding.choice[v].in_layouts[block.graph.edges[op.name, v]["port"]]
                                     for v in block.graph.successors(op.name)]
                 style["gather_output"] = not consumer_layouts or all(lay == "R" for lay in consumer_layouts)
@@ -69,11 +69,15 @@ def _sequence_parallel_norms(graph: OpGraph, shardings: dict) -> set[str]:
 
 
 def split_points(stages: tuple[Stage, ...], num_layers: int) -> dict:
-    """Pipeline split: the last decoder layer of every chunk but the final one -> "END"."""
+    """Pipeline split: the last layer of every chunk but the final one -> "END".
+
+    Layer 0 is the embedding (model.embed_tokens), layers 1..L the decoder layers.
+    """
     out = {}
     for stage in stages[:-1]:
-        decoder = min(max(stage.last_layer - 1, 0), num_layers - 1)  # layer 0 is the embedding
-        out[f"model.layers.{decoder}"] = "END"
+        name = "model.embed_tokens" if stage.last_layer == 0 else \
+            f"model.layers.{min(stage.last_layer - 1, num_layers - 1)}"
+        out[name] = "END"
     return out
 
 

@@ -235,7 +235,11 @@ def _ring_attention_s(block: Block, sharding: BlockSharding, micro_batch: int, l
         if op.op_type != "attention":
             continue
         strategy = sharding.choice[v]
-        kv = sum(tensor_bytes(s) for s in op.in_shapes[1:]) * micro_batch / layout.cp / strategy.work_divisor
+        if len(op.in_shapes) == 3:
+            kv_full = sum(tensor_bytes(s) for s in op.in_shapes[1:])
+        else:  # fused qkv: the k and v heads' share of it
+            kv_full = tensor_bytes(op.in_shapes[0]) * 2 * op.kv_heads / (op.heads + 2 * op.kv_heads)
+        kv = kv_full * micro_batch / layout.cp / strategy.work_divisor
         step = collective_time_s("p2p", kv, topo.cp, hw)
         compute_fwd = op_compute_s(op, strategy, micro_batch, hw, workload.compute_dtype, "fwd", layout.cp)
         compute_bwd = op_compute_s(op, strategy, micro_batch, hw, workload.compute_dtype, "bwd", layout.cp)

@@ -140,8 +140,11 @@ class Planner:
             if key not in self._shardings:
                 groups = topo.groups if moe else Groups(mp=topo.groups.mp, ep=topo.groups.mp, ep_mp=topo.groups.mp)
                 block_ctx = key[1]
-                result = solve_block(self.graph.blocks[kind], block_ctx, groups, hw, self.workload.compute_dtype,
-                                     lean=lean)
+                block = self.graph.blocks[kind]
+                result = solve_block(block, block_ctx, groups, hw, self.workload.compute_dtype, lean=lean)
+                if not lean and block_ctx.mp > 1 and _replicates_all(block, result):
+                    # a layout that spends mp ranks must split weights over them: the lean variant does
+                    result = solve_block(block, block_ctx, groups, hw, self.workload.compute_dtype, lean=True)
                 self.cp_sat_wall_s += result.wall_s
                 self._shardings[key] = result
             out[kind] = self._shardings[key]
@@ -229,7 +232,7 @@ class Planner:
             vpps = [1] if pp == 1 else [v for v in VIRTUAL_STAGES if pp * v <= len(self.graph.layer_kinds)
                                         and (v == 1 or m % pp == 0)]
             for vpp in self._options("vpp", vpps, fixed):
-                for stage in self._options("sharding", [0, 1, 2, 3] if dp > 1 else [0], fixed):
+                for stage in self._options("sharding", [0, 1, 2, 3] if dp * cp > 1 else [0], fixed):
                     for sp in self._options("sp", [0, 1] if mp > 1 else [0], fixed):
                         for recompute in self._options("recompute", list(RECOMPUTE_MODES), fixed):
                             layout = Layout(dp=dp, mp=mp, pp=pp, ep=ep, cp=cp, sharding_stage=stage,
@@ -406,6 +409,10 @@ class Planner:
                                     "intra_op": _sharding_stats(unique[0].shardings),
                                     "cp_sat_wall_s": self.cp_sat_wall_s})
         return SearchResult(best=unique[0], alternatives=tuple(unique[1:6]), stats=stats, graph=self.graph)
+
+
+def _replicates_all(block, sharding: BlockSharding) -> bool:
+    return all(s.param_divisor == 1 for op, s in sharding.choice.items() if block.graph.nodes[op]["op"].params)
 
 
 def _distinct_layouts(solutions: list[Solution]) -> list[Solution]:

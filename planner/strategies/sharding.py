@@ -172,9 +172,11 @@ def candidates(op: OpNode, ctx: ShardingContext) -> list[Strategy]:
                                 collectives=(grad_sync,)))
         return out
     if op.op_type == "attention":
-        out = [Strategy(name="replicate", in_layouts=("R",) * 3, out_layout="R", work_divisor=1, param_divisor=1)]
+        n_in = len(op.in_shapes)  # q, k, v or one fused qkv
+        out = [Strategy(name="replicate", in_layouts=("R",) * n_in, out_layout="R", work_divisor=1, param_divisor=1)]
         if m > 1 and op.heads % m == 0 and op.kv_heads % m == 0:
-            out.append(Strategy(name="heads", in_layouts=("H",) * 3, out_layout="H", work_divisor=m, param_divisor=1))
+            out.append(Strategy(name="heads", in_layouts=("H",) * n_in, out_layout="H", work_divisor=m,
+                                param_divisor=1))
         return out
     if op.op_type == "embedding":
         v, h = op.weight_shape

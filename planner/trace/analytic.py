@@ -85,18 +85,19 @@ class _BlockBuilder:
             name=name, op_type="rope", layer_pattern=pattern, in_shapes=(shape,), out_shape=shape,
             fwd_flops=3.0 * n, bwd_flops=3.0 * n, bytes_moved=2 * n * self.dtype_bytes), (x,))
 
-    def attention(self, name: str, pattern: str, q: str, k: str, v: str, *, heads: int, kv_heads: int,
+    def attention(self, name: str, pattern: str, *inputs: str, heads: int, kv_heads: int,
                   qk_dim: int, v_dim: int) -> str:
+        """Attention over q, k, v (or one fused qkv tensor)."""
         s = self.s
         flops = 2.0 * s * s * heads * qk_dim + 2.0 * s * s * heads * v_dim
-        shapes = (self.shape_of(q), self.shape_of(k), self.shape_of(v))
+        shapes = tuple(self.shape_of(i) for i in inputs)
         out = ("b", s, heads * v_dim)
         moved = (sum(_elements(x) for x in shapes) + _elements(out)) * self.dtype_bytes
         return self.add(OpNode(
             name=name, op_type="attention", layer_pattern=pattern, in_shapes=shapes, out_shape=out,
             fwd_flops=flops, bwd_flops=ATTENTION_BWD_FACTOR * flops, bytes_moved=moved, saves_input=True,
             saved_extra_bytes=_elements(out) * self.dtype_bytes + 4.0 * s * heads, causal=True,
-            heads=heads, kv_heads=kv_heads), (q, k, v))
+            heads=heads, kv_heads=kv_heads), inputs)
 
 
 def _attention(b: _BlockBuilder, spec: ModelSpec, x: str) -> str:
@@ -124,6 +125,12 @@ def _attention(b: _BlockBuilder, spec: ModelSpec, x: str) -> str:
         return b.linear("o_proj", f"{attn}.o_proj", core, heads * mla.v_head_dim, h)
     d, kv_heads = spec.head_dim, spec.num_kv_heads
     bias = spec.qkv_bias or spec.linear_bias
+    if spec.family == "qwen2":
+        # PaddleFormers' Qwen2ForCausalLMDeprecated (the Qwen2 that runs without paddlefleet) fuses q, k, v
+        qkv = b.linear("qkv_proj", f"{attn}.qkv_proj", x, h, (heads + 2 * kv_heads) * d, bias=bias)
+        qkv = b.rope("qkv_rope", attn, qkv)
+        core = b.attention("attention", attn, qkv, heads=heads, kv_heads=kv_heads, qk_dim=d, v_dim=d)
+        return b.linear("o_proj", f"{attn}.o_proj", core, heads * d, h, bias=spec.linear_bias)
     q = b.linear("q_proj", f"{attn}.q_proj", x, h, heads * d, bias=bias)
     k = b.linear("k_proj", f"{attn}.k_proj", x, h, kv_heads * d, bias=bias)
     v = b.linear("v_proj", f"{attn}.v_proj", x, h, kv_heads * d, bias=bias)
@@ -140,7 +147,11 @@ def _attention(b: _BlockBuilder, spec: ModelSpec, x: str) -> str:
 def _mlp(b: _BlockBuilder, spec: ModelSpec, x: str, prefix: str, pattern: str, width: int) -> str:
     """Dense MLP (SwiGLU or GeLU) of the given width; returns the down projection."""
     h, bias = spec.hidden_size, spec.linear_bias
-    if spec.activation == "swiglu":
+    if spec.activation == "swiglu" and spec.family == "qwen2" and not prefix:
+        gate_up = b.linear("up_gate_proj", f"{pattern}.up_gate_proj", x, h, 2 * width)  # fused, as attention
+        act = b.elementwise("act", pattern, (gate_up,), flops_per_element=5.0, saves_input=True,
+                            out_shape=("b", b.s, width))
+    elif spec.activation == "swiglu":
         gate = b.linear(f"{prefix}gate_proj", f"{pattern}.gate_proj", x, h, width)
         up = b.linear(f"{prefix}up_proj", f"{pattern}.up_proj", x, h, width)
         act = b.elementwise(f"{prefix}act", pattern, (gate, up), flops_per_element=5.0, saves_input=True)

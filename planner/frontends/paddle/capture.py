@@ -343,12 +343,18 @@ def _to_capture(concrete, model, recorder: _Recorder, layer_list: tuple[str, lis
     ordered = sorted(range(len(block_ops)), key=lambda i: op_ids[i])
     scope_of = dict(zip(ordered, recorder.scopes([op_ids[i] for i in ordered])))
     tensors: dict[str, TensorInfo] = {}
+    vectors: dict[str, list] = {}  # vector value -> the shapes of its elements
     ops = []
     for index, op in enumerate(block_ops):
         attrs = op.attrs()
         results = [op.result(i) for i in range(op.num_results())]
         sym = parse_sym_shapes(attrs["sym_shape_str"]) if "sym_shape_str" in attrs else []
         dense = [r for r in results if r.initialized() and r.is_dense_tensor_type()]
+        if len(results) == 1 and not dense and results[0].initialized():
+            vectors[results[0].id] = sym
+        if len(sym) != len(dense) and op.name() == "builtin.split":
+            # the pass prints only the first element's shape here; the vector's producer has them all
+            sym = vectors.get(op.operand_source(0).id, sym)
         if len(sym) != len(dense):
             sym = [_static_shape(r) for r in dense]
         shapes = dict(zip((r.id for r in dense), sym))
