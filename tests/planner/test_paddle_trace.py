@@ -5,8 +5,8 @@ Deliberate disagreements (named where they are tested):
   counts it as num_experts parameters per MoE layer;
 - PaddleFormers 1.2.0's DeepseekV3Config drops num_nextn_predict_layers, so its model has no MTP module:
   the analytic side is compared with num_mtp_layers=0;
-- Qwen2ForCausalLMDeprecated fuses q/k/v into qkv_proj and gate/up into up_gate_proj (same parameters and
-  FLOPs, other layer names);
+- Qwen2ForCausalLMDeprecated fuses q/k/v into qkv_proj (the analytic trace models that as one attention input,
+  the traced graph reads q, k and v as three slices of it);
 - the traced attention counts the qk^T and pv matmuls only (as the analytic one) and the traced elementwise
   ops count their own FLOPs (RMSNorm 4 per element instead of 5): forward FLOPs agree within 1%.
 """
@@ -34,36 +34,17 @@ from planner.frontends.paddle import (  # noqa: E402
 from planner.frontends.paddle.capture import capture_model  # noqa: E402
 from planner.frontends.paddle.lower import lower  # noqa: E402
 from planner.frontends.paddle.optable import UNKNOWN_FLOPS_PER_ELEMENT  # noqa: E402
+from planner.frontends.paddle.presets import config_dict, model_class_name  # noqa: E402
 from planner.trace import trace_model  # noqa: E402
 from tools.plan import main as plan_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-CLASSES = {"llama": "paddleformers:LlamaForCausalLM",
-           "qwen2": "paddleformers.transformers.qwen2.modeling:Qwen2ForCausalLMDeprecated",
-           "deepseek_v3": "paddleformers:DeepseekV3ForCausalLM"}
 WIDEN = 4  # the custom model's MLP is this many times wider than the config says
 
 
 def config_json(preset: str) -> dict:
-    """The Hugging Face style config.json of a preset (what `plan --model path/config.json` reads)."""
-    spec = load_preset(preset)
-    out = {"model_type": spec.family, "vocab_size": spec.vocab_size, "hidden_size": spec.hidden_size,
-           "intermediate_size": spec.intermediate_size, "num_hidden_layers": spec.num_layers,
-           "num_attention_heads": spec.num_attention_heads, "num_key_value_heads": spec.num_kv_heads,
-           "max_position_embeddings": spec.max_position_embeddings,
-           "tie_word_embeddings": spec.tie_word_embeddings, "_name_or_path": spec.name}
-    if spec.family == "deepseek_v3":
-        mla, moe = spec.mla, spec.moe
-        out.update(q_lora_rank=mla.q_lora_rank, kv_lora_rank=mla.kv_lora_rank, qk_nope_head_dim=mla.qk_nope_head_dim,
-                   qk_rope_head_dim=mla.qk_rope_head_dim, v_head_dim=mla.v_head_dim,
-                   n_routed_experts=moe.num_experts, num_experts_per_tok=moe.top_k,
-                   moe_intermediate_size=moe.expert_intermediate_size, n_shared_experts=moe.num_shared_experts,
-                   first_k_dense_replace=moe.first_k_dense, moe_layer_freq=moe.layer_freq,
-                   num_nextn_predict_layers=spec.num_mtp_layers, n_group=1, topk_group=1, topk_method="noaux_tc",
-                   scoring_func="sigmoid", norm_topk_prob=True,
-                   # PaddleFormers' rope initialiser reads rope_scaling["factor"] even for the default rope
-                   rope_scaling={"rope_type": "default", "factor": 1.0})
-    return out
+    """The config.json of a preset (what `plan --model path/config.json` reads)."""
+    return config_dict(load_preset(preset))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +55,7 @@ def traced():
     def get(preset: str, seq_len: int):
         if (preset, seq_len) not in cache:
             config = config_json(preset)
-            cls = load_model_class(CLASSES[config["model_type"]])
+            cls = load_model_class(model_class_name(load_preset(preset)))
             spec = spec_from_config(config, preset).replace(num_mtp_layers=0)
             graph = trace_model_class(cls, cls.config_class(**config), seq_len=seq_len, layer_kinds=spec.layer_kinds(),
                                       name=preset)
@@ -101,8 +82,7 @@ def _check_against_analytic(spec, graph, seq_len: int) -> None:
         attention = [op for op in block.ops() if op.op_type == "attention"]
         expected = [op for op in analytic.blocks[kind].ops() if op.op_type == "attention"]
         assert [(op.heads, op.kv_heads) for op in attention] == [(op.heads, op.kv_heads) for op in expected]
-        if spec.family != "qwen2":  # Qwen2ForCausalLMDeprecated fuses qkv and gate/up (see module docstring)
-            assert _weighted_ops(block) == _weighted_ops(analytic.blocks[kind], spec.family), kind
+        assert _weighted_ops(block) == _weighted_ops(analytic.blocks[kind], spec.family), kind
 
 
 def _weighted_ops(block, family: str = "") -> set:
@@ -197,7 +177,7 @@ def test_deepseek_v3_falls_back_to_a_fixed_sequence_length():
     """PaddleFormers' DeepSeek-V3 rope branches on the batch size (`if b == 1`): traced at a fixed length."""
     config = config_json("deepseek-v3-tiny")
     spec = spec_from_config(config, "deepseek-v3-tiny")
-    cls = load_model_class(CLASSES["deepseek_v3"])
+    cls = load_model_class(model_class_name(load_preset("deepseek-v3-tiny")))
     capture = capture_model(cls, cls.config_class(**config), layer_kinds=spec.layer_kinds(), seq_len=64,
                             name="deepseek-v3-tiny")
     assert capture.traced_seq_len == 64 and not capture.seq_symbol
