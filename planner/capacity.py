@@ -83,11 +83,20 @@ class Counts:
             count *= 2
         return tuple(out)
 
-    def candidates(self, granularity: int) -> tuple[int, ...]:
-        """The counts goal seeking may answer, ascending: a list as given; a doubling range at
-        every multiple of `granularity` (whole nodes) between lo and hi, with lo and hi themselves."""
+    def candidates(self, granularity: int | None = None) -> tuple[int, ...]:
+        """The counts goal seeking may answer, ascending: a list or stepped range as given; a doubling
+        range at lo x 2^k and lo x 3 x 2^(k-1) (1, 1.5, 2, 3, 4, 6, ... x lo: counts whose factors suit
+        power-of-two batches and heads), or, given `granularity`, at every multiple of it, with lo and hi."""
         if self.explicit or self.step is not None:
             return self.values()
+        if granularity is None:
+            out, count = {self.hi}, self.lo
+            while count <= self.hi:
+                out.add(count)
+                if count % 2 == 0 and 3 * count // 2 <= self.hi:
+                    out.add(3 * count // 2)
+                count *= 2
+            return tuple(sorted(out))
         first = -(-self.lo // granularity) * granularity
         return tuple(sorted({self.lo, self.hi, *range(first, self.hi + 1, granularity)}))
 
@@ -265,7 +274,8 @@ class SweepResult:
 class Goal:
     """What `seek` looks for: the smallest count that fits (target_days None) or that trains within target_days.
 
-    `granularity`: the step between candidate counts of a doubling range (None: one node of the device).
+    `granularity`: the step between candidate counts of a doubling range (None: 1, 1.5, 2, 3, 4, 6, ... x lo;
+    see Counts.candidates).
     """
 
     target_days: float | None = None
@@ -509,11 +519,12 @@ def sweep(study: Study, *, jobs: int = 1, progress: Callable[[Row], None] | None
 
 
 def _seek_one(evaluator: _Evaluator, goal: Goal, device: str, workload: tuple, emit: Callable) -> GoalResult:
-    """Smallest candidate count meeting `goal`, assuming that more devices never lose it (fitting and
-    speed grow with the count): probe counts doubling from the first candidate until one meets the goal,
-    then bisect between it and the last probe that missed."""
+    """Smallest candidate count meeting `goal`: probe counts doubling from the first candidate until one
+    meets the goal, then bisect between it and the last probe that missed. Bisection assumes that more
+    devices never lose the goal; counts with factors the batch lacks (e.g. 8184 devices for 2048
+    sequences) break that, which is why the default candidates are 1, 1.5, 2, 3, 4, 6, ... x lo."""
     hw = load_hardware(device)
-    candidates = evaluator.study.counts.candidates(goal.granularity or hw.devices_per_node)
+    candidates = evaluator.study.counts.candidates(goal.granularity)
     seq_len, global_batch, global_batch_tokens = workload
     evaluated: dict = {}
 

@@ -52,7 +52,9 @@ def test_parse_counts_rejects(text):
         parse_counts(text)
 
 
-def test_candidates_cover_whole_nodes_between_the_range_ends():
+def test_candidates_of_a_range():
+    assert Counts(lo=1, hi=16).candidates() == (1, 2, 3, 4, 6, 8, 12, 16)
+    assert Counts(lo=256, hi=1000).candidates() == (256, 384, 512, 768, 1000)
     assert Counts(lo=4, hi=40).candidates(8) == (4, 8, 16, 24, 32, 40)
     assert Counts(lo=1, hi=4).candidates(1) == (1, 2, 3, 4)
     assert Counts(explicit=(16, 8)).candidates(8) == (8, 16)
@@ -166,20 +168,20 @@ def test_csv_with_foreign_header_is_rejected():
 # ---- goal seeking --------------------------------------------------------------------------------
 
 
-def _previous_candidate(study: Study, goal: Goal, answer: int, devices_per_node: int) -> int:
-    candidates = study.counts.candidates(goal.granularity or devices_per_node)
+def _previous_candidate(study: Study, goal: Goal, answer: int) -> int:
+    candidates = study.counts.candidates(goal.granularity)
     return candidates[candidates.index(answer) - 1]
 
 
 def test_min_fit_returns_the_smallest_count():
     study = Study(spec=load_model("llama-7b"), devices=("H100", "A100-40GB"), counts=parse_counts("1..16"))
-    goal = Goal(granularity=1)
+    goal = Goal()
     results = seek(study, goal)
     assert [r.device for r in results] == ["H100-SXM", "A100-40GB"]
     for found in results:
         assert found.answer is not None and found.answer.fits
         assert found.below is not None and not found.below.fits
-        assert found.below.num_devices == _previous_candidate(study, goal, found.answer.num_devices, 8)
+        assert found.below.num_devices == _previous_candidate(study, goal, found.answer.num_devices)
         assert {r.num_devices for r in found.trail} >= {found.answer.num_devices, found.below.num_devices}
     h100, a100_40 = (r.answer.num_devices for r in results)
     assert h100 <= a100_40  # twice the memory per device
@@ -193,7 +195,7 @@ def test_target_days_returns_the_smallest_count_that_meets_it(result):
     assert found.answer is not None and found.answer.num_devices <= 8
     assert found.answer.train_days <= goal.target_days
     assert found.below is not None and not goal.met_by(found.below)
-    assert found.below.num_devices == _previous_candidate(study, goal, found.answer.num_devices, 8)
+    assert found.below.num_devices == _previous_candidate(study, goal, found.answer.num_devices)
 
 
 def test_goal_met_at_the_first_candidate_has_nothing_below():

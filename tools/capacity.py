@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     goal.add_argument("--target-days", type=_float, help="find the smallest count that trains --tokens in this "
                                                          "many days")
     goal.add_argument("--min-fit", action="store_true", help="find the smallest count on which the model fits")
-    p.add_argument("--granularity", type=_positive_int, help="goal seeking: step between candidate counts of a "
-                                                            "LO..HI range (default: one node of the device)")
+    p.add_argument("--granularity", type=_positive_int,
+                   help="goal seeking: try every multiple of this count in a LO..HI range (default: 1, 1.5, 2, 3, "
+                        "4, 6, ... x LO; bisection assumes more devices never hurt, which counts that divide the "
+                        "batch poorly can break)")
     p.add_argument("--csv", type=Path, help="write every evaluated point to this CSV file")
     p.add_argument("--plot", type=Path, help="write a PNG of throughput, MFU, days and memory to this file")
     p.add_argument("--jobs", type=_positive_int, help="worker processes (default: the CPU count for sweeps of "

@@ -114,6 +114,9 @@ def format_goals(results: tuple[GoalResult, ...], goal: Goal, *, train_tokens: i
                       if best is not None and best.train_days is not None else "")
             lines.append(f"no count of {result.device} up to {last.num_devices} {what}{detail} "
                          f"({searches} searches)")
+            if best is not None and best.train_days is not None:
+                lines.append(f"  with {best.global_batch} sequences per step, data parallelism stops at "
+                             f"{best.global_batch} ranks; a larger --global-batch lets more devices help")
             if not last.fits:
                 lines.append(f"  at {last.num_devices}: {last.reason}")
             continue
