@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # Config fields set for tracing: no KV cache, one device, and the fused RMSNorm kernel off
 # (PaddleFormers reads config.get("fuse_rms_norm", True); the kernel is GPU-only and the unfused
 # norm has the same costs).
-TRACE_CONFIG = {"use_cache": False, "fuse_rms_norm": False, "tensor_model_parallel_size": 1,
-                "sequence_parallel": False}
+TRACE_CONFIG = (("use_cache", False), ("fuse_rms_norm", False), ("tensor_model_parallel_size", 1),
+                ("sequence_parallel", False))
 SCALAR_TYPES = (bool, int, float, str)
 
 
@@ -62,7 +62,7 @@ def capture_model(model_class: type, config, *, layer_kinds: tuple[str, ...], se
     traced_layers = max(representatives.values()) + 1
     reduced = copy.deepcopy(config)
     reduced.num_hidden_layers = traced_layers
-    for key, value in TRACE_CONFIG.items():
+    for key, value in TRACE_CONFIG:
         setattr(reduced, key, value)
     with paddle.LazyGuard():
         model = model_class(reduced)
@@ -364,7 +364,8 @@ def _to_capture(concrete, model, recorder: _Recorder, layer_list: tuple[str, lis
             outputs.append(key)
             if key:
                 tensors[key] = TensorInfo(key=key, shape=shapes.get(key, ()), dtype=_dtype(r), producer=index)
-        inputs = tuple(v.id if v.initialized() else "" for v in (op.operand_source(i) for i in range(op.num_operands())))
+        operands = (op.operand_source(i) for i in range(op.num_operands()))
+        inputs = tuple(v.id if v.initialized() else "" for v in operands)
         kind = op.name().split(".", 1)[1] if op.name().startswith("pd_op.") else op.name()
         ops.append(RawOp(index=index, kind=kind, inputs=inputs, outputs=tuple(outputs), scope=scope_of[index],
                          attrs={k: v for k, v in attrs.items() if isinstance(v, SCALAR_TYPES)

@@ -94,8 +94,9 @@ class _Lowering:
         try:
             return tuple(int(round(d.evaluate(self.env))) for d in self.c.tensors[key].shape)
         except KeyError as error:
+            op = self.ops[self.producer[key]]
             raise ValueError(f"{self.c.model_name}: the size of a traced tensor depends on {error} (data-dependent); "
-                             f"op {self.ops[self.producer[key]].kind} in {self.ops[self.producer[key]].scope!r}") from None
+                             f"op {op.kind} in {op.scope!r}") from None
 
     def numel(self, key: str) -> int:
         return math.prod(self.dims(key))
@@ -140,7 +141,8 @@ class _Lowering:
         if key not in self._tables:
             index = self.producer.get(key, -1)
             op = self.ops[index] if index >= 0 else None
-            self._tables[key] = op is not None and (op.kind in ROPE_TABLE_OPS or any(self.is_table(k) for k in op.inputs))
+            self._tables[key] = op is not None and (op.kind in ROPE_TABLE_OPS
+                                                    or any(self.is_table(k) for k in op.inputs))
         return self._tables[key]
 
     def expansion(self, key: str) -> float:
@@ -587,7 +589,7 @@ class _BlockGraph:
 
     def add_losses(self) -> str:
         """The planner's softmax cross-entropy after every logits output of the head."""
-        lo, s, dtype = self.lo, self.lo.s, self.lo.dtype_bytes
+        lo, dtype = self.lo, self.lo.dtype_bytes
         last = ""
         for logits in lo.c.logits_keys:
             source = lo.sources(logits)[0]
@@ -657,8 +659,8 @@ class _NodeMaker:
         return OpNode(
             name=self.name(pattern), op_type="linear", layer_pattern=pattern, in_shapes=(("b", tokens, in_f),),
             out_shape=("b", tokens, out_f), weight_shape=(in_f, out_f), params=params, shared_params=shared,
-            fwd_flops=flops, bwd_flops=2 * flops, bytes_moved=(tokens * in_f + tokens * out_f + in_f * out_f) * self.dtype,
-            saves_input=True)
+            fwd_flops=flops, bwd_flops=2 * flops, saves_input=True,
+            bytes_moved=(tokens * in_f + tokens * out_f + in_f * out_f) * self.dtype)
 
     def _router(self) -> OpNode:
         lo, g = self.lo, self.g

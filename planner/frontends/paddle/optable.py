@@ -8,6 +8,8 @@ a transcendental counts 1, activations count their elementwise steps
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 # Ops that reshape, view, slice, join or convert a tensor without arithmetic: the tensor that
 # flows through them is the one their producer made (cast: training runs in one dtype anyway;
 # expand/tile: the GQA key/value repeat, which fused attention kernels never materialise).
@@ -40,7 +42,7 @@ ROPE_TABLE_OPS = frozenset(("cos", "sin"))  # the rotary tables are built from t
 
 # kind -> (forward FLOPs per element, keeps its inputs for backward). Reductions count their input's
 # elements, everything else its output's.
-ELEMENTWISE = {
+ELEMENTWISE = MappingProxyType({
     "add": (1, False), "add_": (1, False), "subtract": (1, False), "subtract_": (1, False), "scale": (1, False),
     "scale_": (1, False), "increment": (1, False), "where": (1, True), "masked_fill": (1, True),
     "multiply": (1, True), "multiply_": (1, True), "divide": (1, True), "divide_": (1, True),
@@ -50,9 +52,9 @@ ELEMENTWISE = {
     "silu": (4, True), "sigmoid": (3, True), "tanh": (3, True), "gelu": (8, True), "relu": (1, True),
     "relu6": (1, True), "leaky_relu": (1, True), "erf": (4, True), "swiglu": (5, True),
     "softmax": (5, True), "log_softmax": (5, True), "dropout": (2, True),
-}
-REDUCTIONS = {"mean": (1, False), "sum": (1, False), "max": (1, True), "min": (1, True),
-              "logsumexp": (2, True), "p_norm": (2, True), "cumsum": (1, False)}
+})
+REDUCTIONS = MappingProxyType({"mean": (1, False), "sum": (1, False), "max": (1, True), "min": (1, True),
+                               "logsumexp": (2, True), "p_norm": (2, True), "cumsum": (1, False)})
 # An op the lowering does not know: cost it as a memory-bound elementwise op this expensive, keeping
 # its inputs (upper end of the table above), and warn.
 UNKNOWN_FLOPS_PER_ELEMENT = 10

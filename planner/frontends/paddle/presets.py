@@ -7,13 +7,15 @@ runs without the GPU-only paddlefleet package.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from planner.frontends.spec import ModelSpec
 
-PADDLEFORMERS_CLASSES = {
+PADDLEFORMERS_CLASSES = MappingProxyType({
     "llama": "paddleformers:LlamaForCausalLM",
     "qwen2": "paddleformers.transformers.qwen2.modeling:Qwen2ForCausalLMDeprecated",
     "deepseek_v3": "paddleformers:DeepseekV3ForCausalLM",
-}
+})
 
 
 def model_class_name(spec: ModelSpec) -> str:

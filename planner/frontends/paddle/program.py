@@ -33,6 +33,12 @@ class RawOp:
     attrs: dict = field(default_factory=dict)  # the scalar attributes (transpose_y, axis, ...)
     param: str = ""  # builtin.parameter: the structured parameter name ("" for a captured buffer)
 
+    def __post_init__(self) -> None:
+        if not self.kind:
+            raise ValueError(f"traced op {self.index}: empty op kind")
+        if self.index < 0:
+            raise ValueError(f"traced op {self.kind!r}: index must be >= 0, got {self.index}")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MoERecord:
@@ -48,6 +54,11 @@ class MoERecord:
     expert_in_key: str  # the tokens the representative expert was called on
     expert_out_key: str  # its output
     routed_key: str  # the routed output in the input's shape (what the combine produces)
+
+    def __post_init__(self) -> None:
+        if self.num_experts < 2 or not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"MoE layer {self.scope!r}: need num_experts >= 2 and 1 <= top_k <= num_experts, got "
+                             f"num_experts={self.num_experts}, top_k={self.top_k}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
