@@ -24,6 +24,7 @@ class Workload:
     lora_rank: int = 8
     flash_attention: bool = True  # False: attention scores go through HBM (pre-2022 stacks)
     fused_kernels: bool = True  # False: eager norms, activations and rope (several HBM passes each)
+    tp_comm_overlap: bool = False  # the stack overlaps tensor-parallel collectives with GEMMs (MCore, async TP)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "global_batch", "lora_rank"):

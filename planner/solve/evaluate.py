@@ -172,7 +172,8 @@ def layer_cost(block: Block, sharding: BlockSharding, *, micro_batch: int, layou
             lora_params += workload.lora_rank * (op.weight_shape[0] + op.weight_shape[1]) / strategy.param_divisor
         extras += op.saved_extra_bytes * micro_batch / (strategy.work_divisor * cp)
     comm = {"mp": 0.0, "ep": 0.0, "cp": 0.0}
-    hidden = hw.calibration.mp_overlap  # tensor-parallel collectives overlapped with the GEMMs around them
+    # tensor-parallel collectives overlapped with the GEMMs around them, where the stack does that
+    hidden = hw.calibration.mp_overlap if workload.tp_comm_overlap else 0.0
     for c in sharding.collectives(block):
         t = collective_s(c, topo.groups, hw, micro_batch)
         if c.group == "mp":

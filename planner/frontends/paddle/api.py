@@ -137,10 +137,12 @@ def trace_config_file(model_class: str, config_path: str | Path, *, spec: "Model
         raise ValueError(f"--model-class needs --model to be a config.json (or a directory holding one), "
                          f"got {str(config_path)!r}")
     cls = load_model_class(model_class)
-    graph = trace_model_class(cls, load_model_config(cls, config_path), seq_len=seq_len,
-                              layer_kinds=spec.layer_kinds(), name=spec.name)
+    config = load_model_config(cls, config_path)
+    graph = trace_model_class(cls, config, seq_len=seq_len, layer_kinds=spec.layer_kinds(), name=spec.name)
     if spec.num_mtp_layers and "mtp" not in graph.blocks:
+        # PaddleFormers 1.2.0's DeepseekV3Config resets num_nextn_predict_layers to 0 in __init__
         warnings.warn(f"{spec.name}: the config asks for {spec.num_mtp_layers} multi-token-prediction layers but "
-                      f"{cls.__name__} built none (PaddleFormers 1.2.0's DeepseekV3Config drops "
-                      "num_nextn_predict_layers); planning without them", UserWarning, stacklevel=2)
+                      f"{cls.__name__} built none (its config object has num_nextn_predict_layers="
+                      f"{getattr(config, 'num_nextn_predict_layers', None)}); planning without them",
+                      UserWarning, stacklevel=2)
     return graph
