@@ -310,6 +310,17 @@ def test_plan_cli_traces_a_custom_class(tmp_path, capsys):
     assert model["params"] == stock + spec.num_layers * (3 * h * f * (WIDEN - 1) + h * h)
 
 
+def test_plan_cli_warns_when_the_model_builds_no_mtp(tmp_path, capsys):
+    config = dict(config_json("deepseek-v3-tiny"), num_nextn_predict_layers=1)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="asks for 1 multi-token-prediction layers but DeepseekV3ForCausalLM built "
+                                         "none"):
+        assert plan_main(["--model-class", "paddleformers:DeepseekV3ForCausalLM", "--model", str(path),
+                          "--devices", "8xA100", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layout"]["ep"] >= 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model-class", "paddleformers"], "not of the form module:Class"),
     (["--model-class", "paddleformers:NoSuchModel"], "has no attribute 'NoSuchModel'"),

@@ -82,12 +82,12 @@ def discover_layer_kinds(model_class: type, config) -> tuple[str, ...]:
     """
     import paddle
 
-    from planner.frontends.paddle.capture import TraceError, _decoder_layer_list, find_moe_layers, structure
+    from planner.frontends.paddle.capture import TraceError, decoder_layer_list, find_moe_layers, structure
 
     install_stubs()
     with paddle.LazyGuard():
         model = model_class(config)
-    path, layers = _decoder_layer_list(model, config.num_hidden_layers)
+    path, layers = decoder_layer_list(model, config.num_hidden_layers)
     layers = layers[:config.num_hidden_layers]
     moe_scopes = find_moe_layers(model, dict(model.named_sublayers()).get(path))
     kinds, signatures = [], {}

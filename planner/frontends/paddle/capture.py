@@ -67,7 +67,7 @@ def capture_model(model_class: type, config, *, layer_kinds: tuple[str, ...], se
     with paddle.LazyGuard():
         model = model_class(reduced)
     model.eval()
-    layer_list = _decoder_layer_list(model, traced_layers)
+    layer_list = decoder_layer_list(model, traced_layers)
     moe_layers = _install_moe_forwards(model, layer_list)
     _check_kinds(layer_list, layer_kinds[:traced_layers], moe_layers, name)
     _ignore_paddleformers_config()
@@ -106,7 +106,7 @@ def _ignore_paddleformers_config() -> None:
     paddle.jit.ignore_module([configuration_utils])
 
 
-def _decoder_layer_list(model, traced_layers: int) -> tuple[str, list]:
+def decoder_layer_list(model, traced_layers: int) -> tuple[str, list]:
     """(path, layers) of the decoder LayerList: the shallowest LayerList with at least `traced_layers` entries."""
     import paddle
 
