@@ -83,24 +83,29 @@ def read_model_spec(weights_path: str | os.PathLike) -> "ModelSpec":
 
 def load_model(weights_path: str | os.PathLike, spec: "ModelSpec | None" = None) -> "paddle.nn.Layer":
     """A single-card model of `spec` (default: the one stored with the weights) with merged weights, in eval mode."""
-    import paddle
-
     from runtime.models import build_model
 
     spec = spec if spec is not None else read_model_spec(weights_path)
-    weights = read_weights(weights_path)
     model = build_model(spec, seed=0)
+    load_weights(model, weights_path, model_name=spec.name)
+    model.eval()
+    return model
+
+
+def load_weights(model: "paddle.nn.Layer", weights_path: str | os.PathLike, *, model_name: str) -> None:
+    """Load weights written by runtime.merge into `model`; every tensor name and shape must match."""
+    import paddle
+
+    weights = read_weights(weights_path)
     expected = set(model.state_dict())
     if set(weights) != expected:
-        raise ValueError(f"weights at {str(weights_path)!r} do not fit model {spec.name!r}: missing "
+        raise ValueError(f"weights at {str(weights_path)!r} do not fit model {model_name!r}: missing "
                          f"{sorted(expected - set(weights))[:5]}, unexpected {sorted(set(weights) - expected)[:5]}")
     for name, value in model.state_dict().items():
         if tuple(value.shape) != weights[name].shape:
             raise ValueError(f"weights at {str(weights_path)!r}: {name} has shape {weights[name].shape}, "
-                             f"model {spec.name!r} needs {tuple(value.shape)}")
+                             f"model {model_name!r} needs {tuple(value.shape)}")
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
-    model.eval()
-    return model
 
 
 def _logits_of(output):
@@ -195,4 +200,5 @@ class StaticPredictor:
                            max_length=self.limits["max_position_embeddings"], eos_token_id=eos_token_id)
 
 
-__all__ = ["greedy_loop", "load_model", "read_model_spec", "dynamic_generate", "export_static", "StaticPredictor"]
+__all__ = ["greedy_loop", "load_model", "load_weights", "read_model_spec", "dynamic_generate", "export_static",
+           "StaticPredictor"]

@@ -12,6 +12,7 @@ Rank 0 appends one JSON line per logged step to `output_dir/metrics.jsonl`:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -89,9 +90,11 @@ def resolve_plan(args: TrainArgs, spec: "ModelSpec", launch: Launch) -> "Plan":
     else:
         from planner.api import make_plan
 
+        mode = load_mode(args.mode)
         plan, _ = make_plan(spec, devices_string(launch), seq_len=args.seq_length or None,
                             global_batch=args.global_batch_size or None,
-                            layout=None if args.plan == "auto" else args.plan, mode=args.mode)
+                            layout=None if args.plan == "auto" else args.plan, mode=args.mode,
+                            **(mode.plan_options(args) if mode.plan_options else {}))
         log.info("plan for %s (%s): %s", devices_string(launch), args.plan, plan.layout.short())
     if args.seq_length and args.seq_length != plan.seq_len:
         raise PlanMismatchError(f"the plan is for seq_length {plan.seq_len}, the arguments ask for {args.seq_length}")
@@ -161,13 +164,15 @@ def lr_multiplier(args: TrainArgs, step: int) -> float:
 
 
 def build_optimizer(args: TrainArgs, model):
-    """AdamW with global-norm clipping under the warmup + decay schedule of `args`; returns (optimizer, schedule)."""
+    """AdamW with global-norm clipping under the warmup + decay schedule of `args` over the trainable
+    parameters of `model` (frozen ones, such as LoRA's base weights, get no state); returns (optimizer, schedule)."""
     schedule = paddle.optimizer.lr.LambdaDecay(learning_rate=args.learning_rate,
                                                lr_lambda=lambda step: lr_multiplier(args, step))
     clip = paddle.nn.ClipGradByGlobalNorm(args.max_grad_norm) if args.max_grad_norm > 0 else None
     optimizer = paddle.optimizer.AdamW(learning_rate=schedule, beta1=args.adam_beta1, beta2=args.adam_beta2,
                                        epsilon=args.adam_epsilon, weight_decay=args.weight_decay,
-                                       parameters=model.parameters(), grad_clip=clip)
+                                       parameters=[p for p in model.parameters() if not p.stop_gradient],
+                                       grad_clip=clip)
     return optimizer, schedule
 
 
@@ -175,7 +180,8 @@ def build_optimizer(args: TrainArgs, model):
 
 class Trainer:
     """One training run: builds everything in __init__, trains in run(). Attributes are for callers that
-    checkpoint or inspect: model (the parallelized causal LM), optimizer, plan, spec, args, launch, mesh."""
+    checkpoint or inspect: model (the parallelized causal LM), optimizer, plan, spec, args, launch, mesh,
+    logits_model (what the loss reads its first argument from), loss, static_model (to_static runs)."""
 
     def __init__(self, args: TrainArgs, *, plan: "Plan | None" = None, launch: Launch | None = None):
         self.args = args
@@ -207,6 +213,7 @@ class Trainer:
         model = build_model(self.spec, seed=args.seed)
         if self.mode.prepare_model is not None:
             model = self.mode.prepare_model(model, args)
+        reference = self._frozen_copy(model) if self.mode.reference_forward is not None else None
         apply_recompute(model, self.plan)
         optimizer, self.lr_schedule = build_optimizer(args, model)
         self.mesh = None
@@ -217,8 +224,16 @@ class Trainer:
             model, optimizer = dist.parallelize(model, optimizer, config=config)
             if layout.pp > 1:
                 move_stage_inputs(model)
+            if reference is not None:
+                # Placed like the policy over mp; sharding level 0 makes every weight a dist tensor on the mesh.
+                reference, _ = dist.parallelize(reference, None, config={
+                    **parallelize_config(self.plan, reference, to_static=args.to_static),
+                    "dp_config": {"sharding_level": 0}})
         self.model, self.optimizer = model, optimizer
-        self.logits_model = CausalLMLogits(model)
+        self.logits_model = (CausalLMLogits(model) if reference is None
+                             else self.mode.reference_forward(model, reference))
+        self.loss = (functools.partial(self.mode.loss, **self.mode.loss_options(args))
+                     if self.mode.loss_options is not None else self.mode.loss)
 
         self.seq_length = self.plan.seq_len
         self.global_batch = layout.global_batch_size
@@ -237,6 +252,28 @@ class Trainer:
             self.loader = dist.shard_dataloader(loader, meshes=[meshes[0], meshes[-1]] if layout.pp > 1 else meshes[0],
                                                 shard_dims="dp" if layout.dp > 1 else None)
         self.static_model = self._to_static() if args.to_static else None
+
+    def trained_parameters(self) -> dict:
+        """{name in self.model: tensor with the trained value}. A to_static run keeps the values in its static
+        program (the dynamic parameters are emptied), under the names of logits_model."""
+        if self.static_model is None:
+            return dict(self.model.named_parameters())
+        own = {id(param): name for name, param in self.model.named_parameters()}
+        state = self.static_model.state_dict("param")
+        return {own[id(param)]: state[name] for name, param in self.logits_model.named_parameters()
+                if id(param) in own and name in state}
+
+    def _frozen_copy(self, model):
+        """A frozen copy of `model` (same structure and weights), for modes with a reference model."""
+        if self.plan.layout.pp > 1:
+            raise PlanMismatchError(f"mode {self.args.mode!r} keeps a reference model, which the runtime does not "
+                                    f"split into pipeline stages; use a plan with pp=1 (got pp={self.plan.layout.pp})")
+        reference = build_model(self.spec, seed=self.args.seed)
+        reference.set_state_dict(model.state_dict())
+        for param in reference.parameters():
+            param.stop_gradient = True
+        reference.eval()
+        return reference
 
     def _to_static(self):
         import paddleformers.transformers.configuration_utils as config_utils
@@ -259,7 +296,7 @@ class Trainer:
             strategy.amp.level = "O1"
         loader = self.loader if self.mesh is not None else dist.shard_dataloader(
             self.loader, meshes=dist.ProcessMesh([0], dim_names=["dp"]))
-        static = dist.to_static(self.logits_model, loader, self.mode.loss, self.optimizer, strategy)
+        static = dist.to_static(self.logits_model, loader, self.loss, self.optimizer, strategy)
         static.train()
         return static
 
@@ -299,6 +336,8 @@ class Trainer:
                 save_checkpoint(output_dir, step, self.model, self.optimizer,
                                 extra={"consumed_samples": step * self.global_batch})
         progress.close()
+        if self.mode.finish is not None:
+            self.mode.finish(self)
         return history
 
     def _step(self, batches) -> float:
@@ -310,7 +349,7 @@ class Trainer:
                 losses.append(self.static_model(inputs, labels))
                 continue
             with self._autocast():
-                loss = self.mode.loss(self.logits_model(inputs), labels)
+                loss = self.loss(self.logits_model(inputs), labels)
             (loss / self.micro_steps if self.micro_steps > 1 else loss).backward()
             losses.append(_replicated_value(loss))
         if self.static_model is None:

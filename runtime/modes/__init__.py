@@ -2,10 +2,11 @@
 
 A mode is a module `runtime.modes.<name>` that defines `MODE`, a TrainMode. The
 loop owns the model, the plan, the optimizer, the schedule and logging; a mode
-supplies the samples and the loss (and, optionally, checks its `mode_args` and
-changes the model before it is parallelized, as LoRA does). Samples are pairs
-(inputs, labels) of int64 arrays of one sequence each; the loop batches them,
-runs `logits = model(inputs)` and calls `loss(logits, labels)`.
+supplies the samples and the loss (and, optionally, checks its `mode_args`,
+changes the model before it is parallelized, as LoRA does, asks for a frozen
+reference model, as DPO does, and acts after the last step). Samples are pairs
+(inputs, labels) of int64 arrays; the loop batches them, runs
+`logits = model(inputs)` and calls `loss(logits, labels)`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ class TrainMode:
     check_args: Callable | None = None
     # (model, args) -> model, applied before the model is parallelized
     prepare_model: Callable | None = None
+    # (args) -> keyword arguments bound to `loss` (its settings in mode_args, e.g. DPO's beta)
+    loss_options: Callable | None = None
+    # (args) -> extra keyword arguments of planner.api.make_plan when the loop plans (e.g. lora_rank)
+    plan_options: Callable | None = None
+    # (policy, reference) -> paddle.nn.Layer mapping a batch of inputs to what `loss` reads. When set, the
+    # loop builds the frozen reference: a copy of the initial model (after prepare_model), no gradients,
+    # not in the optimizer, its weights placed like the policy's over mp and replicated over dp.
+    reference_forward: Callable | None = None
+    # (trainer) -> None, called on every rank after the last step (collectives allowed), e.g. to save adapters
+    finish: Callable | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -36,7 +47,8 @@ class TrainMode:
         for field_name in ("build_dataset", "loss"):
             if not callable(getattr(self, field_name)):
                 raise ValueError(f"TrainMode {self.name!r}: {field_name} must be callable")
-        for field_name in ("check_args", "prepare_model"):
+        for field_name in ("check_args", "prepare_model", "loss_options", "plan_options", "reference_forward",
+                           "finish"):
             value = getattr(self, field_name)
             if value is not None and not callable(value):
                 raise ValueError(f"TrainMode {self.name!r}: {field_name} must be callable or None")
