@@ -50,8 +50,12 @@ def format_rows(rows: tuple[Row, ...], *, train_tokens: int | None = None, price
         columns.append(("batch tok", 10, lambda r: _si(r.tokens_per_step), always))
     columns += [("step s", 9, lambda r: f"{r.step_time_s:.3g}", fits),
                 ("tokens/s", 9, lambda r: _si(r.tokens_per_s), fits),
-                ("MFU %", 6, lambda r: f"{100 * r.mfu:.1f}", fits),
-                ("scaling", 8, lambda r: f"{r.scaling_efficiency:.2f}", fits)]
+                ("MFU %", 6, lambda r: f"{100 * r.mfu:.1f}", fits)]
+    counts_per_series: dict = {}
+    for row in rows:
+        counts_per_series.setdefault(row.series, set()).add(row.num_devices)
+    if any(len(counts) > 1 for counts in counts_per_series.values()):  # efficiency compares counts of a series
+        columns.append(("scaling", 8, lambda r: f"{r.scaling_efficiency:.2f}", fits))
     if train_tokens is not None:
         columns += [("days", 7, lambda r: _days(r.train_days), fits),
                     ("device-h", 9, lambda r: _si(r.device_hours), fits)]

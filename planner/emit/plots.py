@@ -88,11 +88,15 @@ def plot_rows(rows: tuple[Row, ...], path: str | Path, *, train_tokens: int | No
         ax.set_ylabel(y_label)
         ax.set_title(title)
         ax.grid(True, which="major", alpha=0.3)
-    log_y = [throughput, third]
-    for ax in log_y:  # ticks at 1, 2, 5 x 10^k with SI labels: readable over one decade or many
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_minor_locator(NullLocator())
+    fitting = [r for r in rows if r.fits]
+    third_values = [r.train_days if show_days else r.tokens_per_s / r.num_devices for r in fitting]
+    for ax, values in ((throughput, [r.tokens_per_s for r in fitting]), (third, third_values)):
+        if values and max(values) > 10 * min(values):  # over a decade: log, ticks at 1, 2, 5 x 10^k
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_minor_locator(NullLocator())
+        else:
+            ax.set_ylim(bottom=0)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
     if show_days:
         if target_days is not None:
