@@ -12,7 +12,8 @@ Work is reused across points: one `Planner` per (model, workload) keeps the
 traced graph, the block shardings (CP-SAT model a) and the per-layer costs, and
 serves every cluster of a sweep. Points run in worker processes when `jobs > 1`
 (each worker with its own planners); the rows do not depend on `jobs`, because
-the search is deterministic and its caches only memoise pure functions.
+each point's search depends only on its inputs (the caches memoise pure
+functions) -- as long as no CP-SAT solve stops at a wall-clock limit.
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ class Point:
     seq_len: int | None = None
     global_batch: int | None = None  # sequences per step
     global_batch_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_devices", "seq_len", "global_batch", "global_batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"point: {name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -407,6 +414,10 @@ class ScalingLimit:
     last_efficient: Row
     first_inefficient: Row | None
     peak: Row
+
+    def __post_init__(self) -> None:
+        if not 0 < self.floor <= 1:
+            raise ValueError(f"scaling efficiency floor must be in (0, 1], got {self.floor!r}")
 
 
 def scaling_limits(rows: tuple[Row, ...], *, floor: float = 0.8) -> tuple[ScalingLimit, ...]:

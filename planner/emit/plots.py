@@ -15,6 +15,8 @@ from planner.emit.capacity import describe_workload
 GiB = 2**30
 MEMORY_LABELS = {"params": "parameters", "grads": "gradients", "optimizer": "optimizer state",
                  "activations": "activations", "transient": "transient buffers", "reserve": "runtime reserve"}
+MAX_X_TICKS = 7  # more labels than this collide on a 5-inch axis
+MEMORY_CAP = 1.6  # the memory panel's height in device capacities: taller (unfit) bars are clipped and labelled
 AXES = (("num_devices", "devices", "device count"), ("seq_len", "seq", "sequence length (tokens)"),
         ("tokens_per_step", "batch", "global batch (tokens per step)"))
 
@@ -74,6 +76,10 @@ def plot_rows(rows: tuple[Row, ...], path: str | Path, *, train_tokens: int | No
                     transform=ax.get_xaxis_transform(), clip_on=False)
 
     log_x = x_key != "tokens_per_step" or len(xs) > 2
+    powers = [x for x in xs if x & (x - 1) == 0]  # label powers of two if several: 1.5x points sit between
+    labelled = powers if len(powers) >= 2 else xs
+    stride = -(-len(labelled) // MAX_X_TICKS)  # every stride-th, counting from the largest
+    x_ticks = labelled[::-1][::stride][::-1]
     for ax, y_label, title in (
             (throughput, "tokens/s (all devices)", "Throughput"),
             (mfu, "MFU (%)", "Model FLOPs utilization"),
@@ -81,9 +87,8 @@ def plot_rows(rows: tuple[Row, ...], path: str | Path, *, train_tokens: int | No
              f"Days to train {_si(train_tokens)} tokens" if show_days else "Throughput per device")):
         if log_x:
             ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_locator(LogLocator(base=2, numticks=len(xs) + 2))
             ax.xaxis.set_minor_locator(NullLocator())
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xticks(x_ticks, [f"{x:g}" for x in x_ticks])
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
         ax.set_title(title)
@@ -146,9 +151,14 @@ def _memory_bars(ax, series: dict, x_key: str) -> None:
     ax.legend(handles=[*handles, capacity], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9,
               title="hatched: does not fit\n(least-overflowing layout)" if unfit else None, title_fontsize=8)
     ax.set_xticks(ticks, labels)
-    top = max([r.memory_bytes / GiB for _, r in bottoms if r.memory_bytes is not None]
-              + [r.device_memory_bytes / GiB for _, r in bottoms])
+    capacity_gib = max(r.device_memory_bytes / GiB for _, r in bottoms)
+    top = min(max([r.memory_bytes / GiB for _, r in bottoms if r.memory_bytes is not None] + [capacity_gib]),
+              MEMORY_CAP * capacity_gib)
     ax.set_ylim(0, top * 1.12)
+    for x, row in bottoms:  # bars of layouts far over capacity would flatten the rest: clip them, say how tall
+        if row.memory_bytes is not None and row.memory_bytes / GiB > top:
+            ax.text(x, top * 0.98, f"{row.memory_bytes / GiB:.0f} GiB", rotation=90, ha="center", va="top",
+                    fontsize=8)
     for start, end, label in groups:
         ax.text((start + end) / 2, top * 1.06, label, ha="center", va="center", fontsize=10, fontweight="bold")
     ax.set_xlim(-0.7, ticks[-1] + 0.7)
