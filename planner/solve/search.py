@@ -116,6 +116,7 @@ class Planner:
     _topologies: dict = field(init=False, default_factory=dict)
     _uniform: dict = field(init=False, default_factory=dict)
     _static: dict = field(init=False, default_factory=dict)
+    _lean_differ: dict = field(init=False, default_factory=dict)
     _counts: dict = field(init=False, default_factory=dict)
     cp_sat_wall_s: float = field(init=False, default=0.0)
 
@@ -152,8 +153,9 @@ class Planner:
 
     def layer_costs(self, layout: Layout, lean: bool, topo: Topology, hw: HardwareSpec) -> dict:
         """Block kind -> LayerCost at the layout's micro-batch size (MTP = one MoE layer + a head)."""
+        # the communication groups follow from (mp, ep, cp) and the node size: plain ints hash fast
         key = (layout.mp, layout.ep, layout.cp, layout.sequence_parallel, layout.micro_batch_size, lean,
-               topo.groups, topo.cp, hw.name)
+               _local_sizes(topo), hw.name)
         if key not in self._layer_costs:
             shardings = self.shardings(layout, lean, topo, hw)
             costs = {kind: layer_cost(self.graph.blocks[kind], shardings[kind], micro_batch=layout.micro_batch_size,
@@ -163,6 +165,14 @@ class Planner:
                 costs["mtp"] = _combine(costs["moe"], costs["head"])
             self._layer_costs[key] = costs
         return self._layer_costs[key]
+
+    def _lean_differs(self, layout: Layout, cluster: ClusterSpec) -> bool:
+        topo, hw = self.topology(layout, cluster), cluster.hardware
+        key = (layout.mp, layout.ep, layout.sequence_parallel, _local_sizes(topo))
+        if key not in self._lean_differ:
+            fast, lean = self.shardings(layout, False, topo, hw), self.shardings(layout, True, topo, hw)
+            self._lean_differ[key] = any(fast[k].choice != lean[k].choice for k in fast)
+        return self._lean_differ[key]
 
     def topology(self, layout: Layout, cluster: ClusterSpec) -> Topology:
         key = (layout.mp, layout.cp, layout.dp, layout.ep, layout.pp, cluster.devices_per_node)
@@ -363,6 +373,8 @@ class Planner:
         bounded: list[tuple[float, int, Candidate]] = []
         leanest: tuple[float, Candidate] | None = None
         for index, candidate in enumerate(candidates):
+            if candidate.lean and not self._lean_differs(candidate.layout, cluster):
+                continue  # the same block shardings as the time-optimal variant
             static = self.static_bytes(candidate, cluster)
             if static > hw.memory_bytes:
                 pruned_memory += 1
@@ -409,6 +421,11 @@ class Planner:
                                     "intra_op": _sharding_stats(unique[0].shardings),
                                     "cp_sat_wall_s": self.cp_sat_wall_s})
         return SearchResult(best=unique[0], alternatives=tuple(unique[1:6]), stats=stats, graph=self.graph)
+
+
+def _local_sizes(topo: Topology) -> tuple[int, ...]:
+    """The node placement of the groups a layer's collectives use (with the degrees, it fixes their cost)."""
+    return (topo.groups.mp.local_size, topo.groups.ep.local_size, topo.groups.ep_mp.local_size, topo.cp.local_size)
 
 
 def _replicates_all(block, sharding: BlockSharding) -> bool:

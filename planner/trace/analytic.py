@@ -166,7 +166,7 @@ def _moe(b: _BlockBuilder, spec: ModelSpec, x: str) -> str:
     moe, h, s = spec.moe, spec.hidden_size, b.s
     e, k, f = moe.num_experts, moe.top_k, moe.expert_intermediate_size
     names = _moe_names(spec)
-    router_params = h * e + (e if spec.family == "deepseek_v3" else 0)  # DeepSeek-V3: e_score_correction_bias
+    router_params = h * e  # DeepSeek-V3's e_score_correction_bias is a buffer: no gradient, no optimizer state
     router = b.add(OpNode(
         name="router", op_type="router", layer_pattern=names["gate"], in_shapes=(("b", s, h),),
         out_shape=("b", s, e), weight_shape=(h, e), params=router_params,
@@ -255,15 +255,17 @@ def _embedding(spec: ModelSpec, seq_len: int, dtype_bytes: int) -> Block:
 
 
 def _head(spec: ModelSpec, seq_len: int, dtype_bytes: int, b: _BlockBuilder | None = None,
-          x: str | None = None, prefix: str = "", norm_pattern: str = "model.norm") -> tuple[_BlockBuilder, str, str]:
-    """Final norm, lm_head and loss, into a new builder or after `x` in `b` (MTP)."""
+          x: str | None = None, prefix: str = "", shared_norm: bool = False) -> tuple[_BlockBuilder, str, str]:
+    """Final norm, lm_head and loss, into a new builder or after `x` in `b` (MTP: the norm and head are shared)."""
     if b is None:
         b = _BlockBuilder("head", seq_len, dtype_bytes)
         x = b.add(OpNode(name="input", op_type="elementwise", layer_pattern="model", in_shapes=(("b", seq_len, spec.hidden_size),),
                          out_shape=("b", seq_len, spec.hidden_size)))
     first = x
     h, v = spec.hidden_size, spec.vocab_size
-    n = b.norm(f"{prefix}norm", norm_pattern, x, h, bias=spec.norm == "layernorm")
+    n = b.norm(f"{prefix}norm", "model.norm", x, h, bias=spec.norm == "layernorm")
+    if shared_norm:  # the weights belong to model.norm of the head block
+        b.graph.nodes[n]["op"] = b.graph.nodes[n]["op"].replace(params=0)
     logits = b.linear(f"{prefix}lm_head", "lm_head", n, h, v, tied=spec.tie_word_embeddings or bool(prefix))
     loss = b.add(OpNode(
         name=f"{prefix}loss", op_type="loss", layer_pattern="lm_head", in_shapes=(("b", seq_len, v),), out_shape=("b",),
@@ -273,29 +275,26 @@ def _head(spec: ModelSpec, seq_len: int, dtype_bytes: int, b: _BlockBuilder | No
 
 
 def _mtp(spec: ModelSpec, seq_len: int, dtype_bytes: int) -> Block:
-    """DeepSeek-V3 multi-token prediction module: norms, eh_proj, one MoE decoder layer, shared head."""
+    """DeepSeek-V3 multi-token prediction module (model.layers.{L+i}): enorm, hnorm, eh_proj (with bias),
+    one MoE decoder layer, and the shared final norm, head and loss."""
     decoder = _decoder(spec, "moe", seq_len, dtype_bytes)
     b = _BlockBuilder("mtp", seq_len, dtype_bytes)
     h = spec.hidden_size
-    mtp = "model.mtp.*"
-    x = b.add(OpNode(name="input", op_type="elementwise", layer_pattern=mtp, in_shapes=(("b", seq_len, h),),
+    x = b.add(OpNode(name="input", op_type="elementwise", layer_pattern=LAYER, in_shapes=(("b", seq_len, h),),
                      out_shape=("b", seq_len, h)))
-    hn = b.norm("mtp.hnorm", f"{mtp}.hnorm", x, h, bias=False)
-    en = b.norm("mtp.enorm", f"{mtp}.enorm", x, h, bias=False)
-    cat = b.elementwise("mtp.concat", mtp, (hn, en), flops_per_element=0.0, saves_input=False,
+    hn = b.norm("mtp.hnorm", f"{LAYER}.hnorm", x, h, bias=False)
+    en = b.norm("mtp.enorm", f"{LAYER}.enorm", x, h, bias=False)
+    cat = b.elementwise("mtp.concat", LAYER, (hn, en), flops_per_element=0.0, saves_input=False,
                         out_shape=("b", seq_len, 2 * h))
-    proj = b.linear("mtp.eh_proj", f"{mtp}.eh_proj", cat, 2 * h, h)
+    proj = b.linear("mtp.eh_proj", f"{LAYER}.eh_proj", cat, 2 * h, h, bias=True)
     rename = {n: f"mtp.{n}" for n in decoder.graph.nodes}
     layer = nx.relabel_nodes(decoder.graph, rename)
     for node in layer.nodes:
-        op = layer.nodes[node]["op"]
-        layer.nodes[node]["op"] = op.replace(name=f"mtp.{op.name}",
-                                             layer_pattern=op.layer_pattern.replace(LAYER, f"{mtp}.layer"))
+        layer.nodes[node]["op"] = layer.nodes[node]["op"].replace(name=node)
     b.graph = nx.union(b.graph, layer)
     b.graph.add_edge(proj, rename[decoder.input_node], shape=("b", seq_len, h), bytes=seq_len * h * dtype_bytes,
                      port=0)
-    b, _, loss = _head(spec, seq_len, dtype_bytes, b, rename[decoder.output_node], prefix="mtp.",
-                       norm_pattern=f"{mtp}.shared_head.norm")
+    b, _, loss = _head(spec, seq_len, dtype_bytes, b, rename[decoder.output_node], prefix="mtp.", shared_norm=True)
     return Block(kind="mtp", graph=b.graph, count=spec.num_mtp_layers, input_node=x, output_node=loss)
 
 

@@ -1,8 +1,6 @@
 """Paddle frontend: PaddleFormers models traced into the op graph, cross-checked against the analytic trace.
 
 Deliberate disagreements (named where they are tested):
-- DeepSeek-V3's router keeps `e_score_correction_bias` as a buffer in PaddleFormers, the analytic trace
-  counts it as num_experts parameters per MoE layer;
 - PaddleFormers 1.2.0's DeepseekV3Config drops num_nextn_predict_layers, so its model has no MTP module:
   the analytic side is compared with num_mtp_layers=0;
 - Qwen2ForCausalLMDeprecated fuses q/k/v into qkv_proj (the analytic trace models that as one attention input,
@@ -65,32 +63,24 @@ def traced():
     return get
 
 
-def _router_buffer_params(spec) -> int:
-    """The analytic trace's e_score_correction_bias per MoE layer, a buffer (not a parameter) in PaddleFormers."""
-    return spec.moe.num_experts * spec.layer_kinds().count("moe") if spec.family == "deepseek_v3" else 0
-
-
 def _check_against_analytic(spec, graph, seq_len: int) -> None:
     analytic = trace_model(spec, seq_len)
     assert graph.layer_kinds == analytic.layer_kinds
     assert {k: b.count for k, b in graph.blocks.items()} == {k: b.count for k, b in analytic.blocks.items()}
-    assert graph.count_params() == analytic.count_params() - _router_buffer_params(spec)
-    assert graph.count_params(active=True) == analytic.count_params(active=True) - _router_buffer_params(spec)
+    assert graph.count_params() == analytic.count_params()
+    assert graph.count_params(active=True) == analytic.count_params(active=True)
     assert graph.fwd_flops() == pytest.approx(analytic.fwd_flops(), rel=0.01)
     for kind, block in graph.blocks.items():
         assert block.fwd_flops == pytest.approx(analytic.blocks[kind].fwd_flops, rel=0.01), kind
         attention = [op for op in block.ops() if op.op_type == "attention"]
         expected = [op for op in analytic.blocks[kind].ops() if op.op_type == "attention"]
         assert [(op.heads, op.kv_heads) for op in attention] == [(op.heads, op.kv_heads) for op in expected]
-        assert _weighted_ops(block) == _weighted_ops(analytic.blocks[kind], spec.family), kind
+        assert _weighted_ops(block) == _weighted_ops(analytic.blocks[kind]), kind
 
 
-def _weighted_ops(block, family: str = "") -> set:
-    """(op type, layer pattern, parameters) of the ops that hold weights; the analytic DeepSeek-V3 router
-    loses its e_score_correction_bias (a buffer in PaddleFormers)."""
-    buffer = (lambda op: op.num_experts if op.op_type == "router" else 0) if family == "deepseek_v3" else \
-        (lambda op: 0)
-    return {(op.op_type, op.layer_pattern, op.params - buffer(op)) for op in block.ops() if op.params}
+def _weighted_ops(block) -> set:
+    """(op type, layer pattern, parameters) of the ops that hold weights."""
+    return {(op.op_type, op.layer_pattern, op.params) for op in block.ops() if op.params}
 
 
 @pytest.mark.parametrize("preset, seq_len", [("llama-tiny", 64), ("qwen2-tiny", 64), ("deepseek-v3-tiny", 64),
@@ -104,7 +94,6 @@ def test_traced_matches_analytic(traced, preset, seq_len):
 def test_traced_deepseek_v3_matches_analytic_and_plans_alike(traced):
     spec, graph = traced("deepseek-v3", 4096)
     _check_against_analytic(spec, graph, 4096)
-    assert spec.family == "deepseek_v3" and _router_buffer_params(spec) == 58 * 256
     analytic_plan, _ = make_plan(spec, "2048xH800", seq_len=4096)
     traced_plan, _ = make_plan(spec, "2048xH800", seq_len=4096, graph=graph)
     assert traced_plan.layout == analytic_plan.layout
@@ -319,7 +308,7 @@ def test_plan_cli_warns_when_the_model_builds_no_mtp(tmp_path, capsys):
         assert plan_main(["--model-class", "paddleformers:DeepseekV3ForCausalLM", "--model", str(path),
                           "--devices", "8xA100", "--format", "json"]) == 0
     spec = load_preset("deepseek-v3-tiny")  # the same model without MTP
-    params = trace_model(spec, spec.default_seq_len).count_params() - _router_buffer_params(spec)
+    params = trace_model(spec, spec.default_seq_len).count_params()
     assert json.loads(capsys.readouterr().out)["model"]["params"] == params
 
 
