@@ -157,6 +157,11 @@ def solve_block(block: Block, ctx: ShardingContext, groups: Groups, hw: Hardware
     start = time.perf_counter()
     allowed = _allowed(block, ctx)
     costs = _Costs(block, ctx, groups, hw, dtype)
+    if all(len(options) == 1 for options in allowed.values()):  # nothing to choose (mp = 1)
+        choice = {v: options[0] for v, options in allowed.items()}
+        cost = _exhaustive_objective(block, choice, costs)
+        return BlockSharding(kind=block.kind, context=ctx, choice=choice, objective_s=cost, status="OPTIMAL",
+                             bound_s=cost, wall_s=time.perf_counter() - start)
     model = cp_model.CpModel()
     choose = {v: [model.NewBoolVar(f"choose[{v}][{s.name}]") for s in options] for v, options in allowed.items()}
     objective = []
@@ -187,6 +192,15 @@ def _one_strategy_per_op(model: cp_model.CpModel, choose: dict) -> None:
 
 def _param_bytes(block: Block, v: str, strategy: Strategy) -> int:
     return 2 * block.graph.nodes[v]["op"].params // strategy.param_divisor
+
+
+def least_parameter_bytes(block: Block, ctx: ShardingContext) -> int:
+    """The fewest parameter bytes per rank any assignment reaches (what the lean variant holds)."""
+    return sum(min(_param_bytes(block, v, s) for s in options) for v, options in _allowed(block, ctx).items())
+
+
+def parameter_bytes(block: Block, choice: dict) -> int:
+    return sum(_param_bytes(block, v, s) for v, s in choice.items())
 
 
 def _parameter_memory(model: cp_model.CpModel, block: Block, allowed: dict, choose: dict) -> None:

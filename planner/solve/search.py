@@ -27,7 +27,7 @@ from planner.plan import RECOMPUTE_MODES, Layout, SolverStats
 from planner.solve.costing import Groups
 from planner.solve.evaluate import (
     Estimate, LayerCost, Topology, estimate, layer_cost, layer_state_bytes)
-from planner.solve.intra_op import BlockSharding, solve_block
+from planner.solve.intra_op import BlockSharding, least_parameter_bytes, parameter_bytes, solve_block
 from planner.solve.stages import InfeasiblePartition, Partition, PartitionProblem, solve_partition, uniform_partition
 from planner.strategies.sharding import ShardingContext
 from planner.trace.analytic import trace_model
@@ -169,9 +169,11 @@ class Planner:
     def _lean_differs(self, layout: Layout, cluster: ClusterSpec) -> bool:
         topo, hw = self.topology(layout, cluster), cluster.hardware
         key = (layout.mp, layout.ep, layout.sequence_parallel, _local_sizes(topo))
-        if key not in self._lean_differ:
-            fast, lean = self.shardings(layout, False, topo, hw), self.shardings(layout, True, topo, hw)
-            self._lean_differ[key] = any(fast[k].choice != lean[k].choice for k in fast)
+        if key not in self._lean_differ:  # the time-optimal choice may already hold the fewest parameters
+            fast = self.shardings(layout, False, topo, hw)
+            self._lean_differ[key] = any(
+                parameter_bytes(self.graph.blocks[k], s.choice) > least_parameter_bytes(self.graph.blocks[k], s.context)
+                for k, s in fast.items())
         return self._lean_differ[key]
 
     def topology(self, layout: Layout, cluster: ClusterSpec) -> Topology:
