@@ -37,3 +37,20 @@ def tiny_corpus(tmp_path_factory):
         for _ in range(120):
             sink.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def finetune_data(tmp_path_factory):
+    """Memorisable fine-tuning sets over WORDS in the guide's formats: {"sft": 4 src/tgt lines, "dpo": 4 pairs}."""
+    rng = random.Random(1)
+    directory = tmp_path_factory.mktemp("finetune")
+
+    def words(count: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(count))
+
+    sft, dpo = directory / "sft.jsonl", directory / "dpo.jsonl"
+    sft.write_text("".join(json.dumps({"src": words(rng.randint(2, 5)), "tgt": words(rng.randint(3, 8))}) + "\n"
+                           for _ in range(4)))
+    dpo.write_text("".join(json.dumps({"src": [words(3)], "tgt": [], "response": [words(4), words(5)],
+                                       "sort": rng.choice([[2, 0], [0, 2]])}) + "\n" for _ in range(4)))
+    return {"sft": sft, "dpo": dpo}

@@ -105,7 +105,17 @@ def subprocess_env() -> dict:
 
 def run_train(args_file: Path, *, nproc: int, log_dir: Path, timeout_s: float = 300) -> subprocess.CompletedProcess:
     """tools/train.py on one process, or under paddle.distributed.launch with `nproc` processes."""
-    script = [str(REPO / "tools" / "train.py"), str(args_file)]
+    return _launch([str(REPO / "tools" / "train.py"), str(args_file)], nproc=nproc, log_dir=log_dir, timeout_s=timeout_s)
+
+
+def run_train_many(args_files: list[Path], *, nproc: int, log_dir: Path,
+                   timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """tests/runtime/train_many.py: every arguments file trained in turn by one launch."""
+    script = [str(REPO / "tests" / "runtime" / "train_many.py"), *map(str, args_files)]
+    return _launch(script, nproc=nproc, log_dir=log_dir, timeout_s=timeout_s)
+
+
+def _launch(script: list[str], *, nproc: int, log_dir: Path, timeout_s: float) -> subprocess.CompletedProcess:
     if nproc == 1:
         command = [sys.executable, *script]
     else:
