@@ -8,6 +8,10 @@ so training starts from the base model exactly; W and b are frozen and only A an
 Merging writes W + (alpha / r) * A @ B. The math, the initialisation and the parameter names
 (`<layer>.lora_A`, `<layer>.lora_B`) are those of PaddleFormers' peft LoRALinear.
 
+Saved adapters (save_adapters, read by merge_lora) are a directory with model.safetensors (the
+adapters only) and lora_config.json: rank, alpha, target_modules, the base the run started from
+(base_weights, a weights path, or "" for the seeded initial model of `seed`) and model_spec.
+
 Why not paddleformers.peft itself: LoRAModel/LoRAAutoModel wrap the model (every layer name the
 plan's patterns select gains a prefix), LoRAAutoModel reads the base model's config from a model
 directory or hub name (AutoConfig.from_pretrained), the fleet variants need mpu layers, and the
@@ -18,9 +22,11 @@ adapters stay replicated over mp (they hold r / hidden of the layer's parameters
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import paddle  # runtime-only module: LoRA layers are Paddle layers
@@ -30,6 +36,7 @@ import paddle  # runtime-only module: LoRA layers are Paddle layers
 # plan patterns.
 DEFAULT_TARGET_MODULES = (r".*\.self_attn\.[a-z_]*proj[a-z_]*", r".*\.mlp\.(shared_experts\.)?[a-z_]*proj")
 ADAPTER_SUFFIXES = ("lora_A", "lora_B")
+LORA_CONFIG_FILE = "lora_config.json"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,5 +137,48 @@ def merge_adapters(base: dict[str, np.ndarray], adapters: dict[str, np.ndarray],
     return merged
 
 
+def save_adapters(adapters: dict, directory, *, config: LoRAConfig, base_weights: str, seed: int,
+                  model_spec: dict) -> Path:
+    """Write {name: paddle.Tensor} adapters and their lora_config.json (module docstring); returns the directory."""
+    from runtime.merge import MergeOptions, write_weights
+
+    out = write_weights(adapters, directory, MergeOptions(as_safetensors=True)).output_path
+    (out / LORA_CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "base_weights": base_weights, "seed": seed,
+                                                    "model_spec": model_spec}, indent=1) + "\n")
+    return out
+
+
+def merge_lora(adapter_dir, output_path, *, base_weights: str = "", options=None):
+    """Fold the adapters saved in `adapter_dir` into their base weights and write the merged model like
+    runtime.merge (safetensors by default) with its model_spec.json; returns the MergeResult.
+
+    The base is `base_weights` if given, else the one recorded with the adapters: a weights path, or the
+    seeded initial model the run started from (rebuilt with runtime.models.build_model).
+    """
+    from planner.frontends.spec import ModelSpec
+    from runtime.merge import MergeOptions, read_weights, write_model_spec, write_weights
+    from runtime.models import build_model
+
+    config_file = Path(adapter_dir) / LORA_CONFIG_FILE
+    try:
+        meta = json.loads(config_file.read_text())
+        config, spec = LoRAConfig.from_dict(meta), ModelSpec.from_dict(meta["model_spec"])
+        base_path, seed = base_weights or meta["base_weights"], meta["seed"]
+    except OSError as err:
+        raise ValueError(f"lora merge: cannot read {config_file}: {err.strerror}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"lora merge: {config_file} is not a LoRA config ({type(err).__name__}: {err})") from None
+    adapters = read_weights(adapter_dir)
+    if base_path:
+        base = read_weights(base_path)
+    else:
+        base = {name: value.numpy() for name, value in build_model(spec, seed=seed).state_dict().items()}
+    merged = merge_adapters(base, adapters, config)
+    options = options or MergeOptions(as_safetensors=True)
+    result = write_weights({name: paddle.to_tensor(value) for name, value in merged.items()}, output_path, options)
+    return write_model_spec(result, spec.to_dict())
+
+
 __all__ = ["LoRAConfig", "LoRALinear", "apply_lora", "is_adapter", "merge_adapters",
-           "DEFAULT_TARGET_MODULES", "ADAPTER_SUFFIXES"]
+           "save_adapters", "merge_lora",
+           "DEFAULT_TARGET_MODULES", "ADAPTER_SUFFIXES", "LORA_CONFIG_FILE"]

@@ -19,6 +19,7 @@ told which one it is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -138,12 +139,14 @@ def merge_checkpoint(input_path: str | os.PathLike, output_path: str | os.PathLi
         raise ValueError(f"input_path {str(input_path)!r}: the checkpoint holds no tensors")
     result = write_weights(state_dict, output_path, options)
     spec = _model_spec_dict(model_dir, meta)
-    if spec is None:
-        return result
-    spec_file = Path(output_path) / MODEL_SPEC_NAME
+    return result if spec is None else write_model_spec(result, spec)
+
+
+def write_model_spec(result: MergeResult, spec: dict) -> MergeResult:
+    """Write `spec` (a ModelSpec dict) as model_spec.json beside the weights of `result`; returns `result` with it."""
+    spec_file = result.output_path / MODEL_SPEC_NAME
     spec_file.write_text(json.dumps(spec, indent=2))
-    return MergeResult(output_path=result.output_path, files=result.files, index_file=result.index_file,
-                       num_tensors=result.num_tensors, total_bytes=result.total_bytes, model_spec_file=spec_file)
+    return dataclasses.replace(result, model_spec_file=spec_file)
 
 
 def _model_spec_dict(model_dir: Path, meta: dict | None) -> dict | None:
@@ -192,6 +195,6 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f"weights file {str(path)!r}: unknown format (valid: .safetensors, .pdparams, .index.json)")
 
 
-__all__ = ["MergeOptions", "MergeResult", "merge_checkpoint", "write_weights", "read_weights",
+__all__ = ["MergeOptions", "MergeResult", "merge_checkpoint", "write_weights", "write_model_spec", "read_weights",
            "resolve_model_checkpoint", "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_INDEX_NAME", "PADDLE_WEIGHTS_NAME",
            "PADDLE_WEIGHTS_INDEX_NAME", "MODEL_SPEC_NAME"]

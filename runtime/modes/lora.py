@@ -5,20 +5,18 @@ lora_alpha (8: the update is scaled by alpha / rank) and target_modules (regexes
 layers to adapt; default runtime.lora.DEFAULT_TARGET_MODULES). The plan is made with the same
 rank (planner.api.make_plan(..., mode="lora", lora_rank=...)).
 
-After the last step rank 0 writes only the adapters to <output_dir>/lora/: model.safetensors
-(`<layer>.lora_A` [in, r], `<layer>.lora_B` [r, out]) and lora_config.json (rank, alpha, targets,
-the base the run started from: base_weights, or the seed of the initial model, and the model
-spec). tools/merge_lora.py folds them into the base weights.
+After the last step rank 0 writes only the adapters to <output_dir>/lora/ (runtime.lora.save_adapters:
+model.safetensors with `<layer>.lora_A` [in, r] and `<layer>.lora_B` [r, out], and lora_config.json);
+tools/merge_lora.py folds them into the base weights.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.lora import DEFAULT_TARGET_MODULES, LoRAConfig, apply_lora, is_adapter
+from runtime.lora import DEFAULT_TARGET_MODULES, LoRAConfig, apply_lora, is_adapter, save_adapters
 from runtime.modes import TrainMode
 from runtime.modes._finetune import check_data_file, load_base_weights
 from runtime.modes.pretrain import causal_lm_loss
@@ -26,7 +24,6 @@ from runtime.modes.sft import SFTArgs, sft_dataset
 
 log = logging.getLogger(__name__)
 ADAPTER_DIR = "lora"
-LORA_CONFIG_FILE = "lora_config.json"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,8 +77,6 @@ def _save_adapters(trainer) -> None:
     import paddle
     import paddle.distributed as dist
 
-    from runtime.merge import MergeOptions, write_weights
-
     values = {}
     for name, param in trainer.trained_parameters().items():
         if not is_adapter(name):
@@ -92,12 +87,9 @@ def _save_adapters(trainer) -> None:
     if trainer.launch.rank != 0:
         return
     settings = LoRAArgs.from_args(trainer.args)
-    out = Path(trainer.args.output_dir) / ADAPTER_DIR
-    write_weights(values, out, MergeOptions(as_safetensors=True))
-    base = str(Path(settings.base_weights).resolve()) if settings.base_weights else ""
-    (out / LORA_CONFIG_FILE).write_text(json.dumps({
-        **settings.config.to_dict(), "base_weights": base, "seed": trainer.args.seed,
-        "model_spec": trainer.spec.to_dict()}, indent=1) + "\n")
+    out = save_adapters(values, Path(trainer.args.output_dir) / ADAPTER_DIR, config=settings.config,
+                        base_weights=str(Path(settings.base_weights).resolve()) if settings.base_weights else "",
+                        seed=trainer.args.seed, model_spec=trainer.spec.to_dict())
     log.info("LoRA adapters (%d tensors) written to %s", len(values), out)
 
 
