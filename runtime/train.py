@@ -201,6 +201,9 @@ class Trainer:
         if args.dtype != "float32" and not paddle.is_compiled_with_cuda():
             raise ValueError(f"train args: dtype={args.dtype!r} needs a GPU build (Paddle's AMP does nothing on CPU); "
                              "use float32")
+        if self.mode.reference_forward is not None and layout.pp > 1:
+            raise PlanMismatchError(f"mode {args.mode!r} keeps a reference model, which the runtime does not split "
+                                    f"into pipeline stages; use a plan with pp=1 (got pp={layout.pp})")
         if args.save_interval and args.to_static:
             raise ValueError("train args: save_interval needs to_static=false (checkpoints are saved from the "
                              "dynamic model)")
@@ -265,9 +268,6 @@ class Trainer:
 
     def _frozen_copy(self, model):
         """A frozen copy of `model` (same structure and weights), for modes with a reference model."""
-        if self.plan.layout.pp > 1:
-            raise PlanMismatchError(f"mode {self.args.mode!r} keeps a reference model, which the runtime does not "
-                                    f"split into pipeline stages; use a plan with pp=1 (got pp={self.plan.layout.pp})")
         reference = build_model(self.spec, seed=self.args.seed)
         reference.set_state_dict(model.state_dict())
         for param in reference.parameters():

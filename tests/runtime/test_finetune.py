@@ -10,6 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
+from runtime.apply import Launch, PlanMismatchError
 from runtime.args import TrainArgs
 from runtime.train import Trainer
 from tests.runtime.helpers import REPO, make_plan, write_args
@@ -173,6 +174,10 @@ def test_mode_args_are_checked_before_anything_heavy(tmp_path, finetune_data, ti
             _trainer(_args(tmp_path, finetune_data, tiny_tokenizer_dir, mode=mode, mode_args=mode_args))
     with pytest.raises(ValueError, match=r"sft: data must be the path of a jsonl file, got 'mock'"):
         _trainer(_args(tmp_path, finetune_data, tiny_tokenizer_dir, mode="sft", data="mock"))
+    with pytest.raises(PlanMismatchError, match=r"mode 'dpo' keeps a reference model, .* pp=1 \(got pp=2\)"):
+        Trainer(_args(tmp_path, finetune_data, tiny_tokenizer_dir, mode="dpo", to_static=True),
+                plan=make_plan("llama-tiny", pp=2, micro_batches=2, mode="dpo"),
+                launch=Launch(world_size=2, rank=0, device="cpu"))
 
 
 def test_bad_data_ends_the_tool_with_one_line_naming_file_and_line(tmp_path, tiny_tokenizer_dir):

@@ -90,8 +90,8 @@ def test_refusals_before_anything_heavy(tmp_path):
         Trainer(_args(tmp_path, save_interval=1, to_static=True), plan=make_plan("llama-tiny", mbs=4))
     with pytest.raises(PlanMismatchError, match="the plan is for seq_length 32, the arguments ask for 64"):
         Trainer(_args(tmp_path, seq_length=64, plan=str(write_plan(make_plan("llama-tiny"), tmp_path / "p.json"))))
-    with pytest.raises(ValueError, match="training mode 'sft' is not available; available: pretrain"):
-        Trainer(_args(tmp_path, mode="sft"), plan=make_plan("llama-tiny", mode="sft"))
+    with pytest.raises(ValueError, match=r"pretrain: mode_args must be empty, got keys \['tokenizer'\]"):
+        Trainer(_args(tmp_path, mode_args={"tokenizer": "tok"}), plan=make_plan("llama-tiny", mbs=4))
 
 
 def _run_tool(args_file) -> subprocess.CompletedProcess:
