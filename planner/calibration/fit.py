@@ -39,6 +39,9 @@ BOUNDS = {"gemm_efficiency": (0.2, 0.95), "attention_ratio": (0.3, 1.2), "memory
           "link_efficiency": (0.3, 0.95), "dp_overlap": (0.0, 1.0), "mp_overlap": (0.0, 0.9),
           "kernel_overhead_s": (1e-6, 5e-5)}
 ADDITIVE = ("dp_overlap", "mp_overlap")  # searched by steps, not factors: they may start at 0
+# Same silicon, same fit: the H800 is an H100 with fewer NVLinks (its only run here is a PaddleNLP one,
+# which alone would make the chip look slower than it is)
+TIED = {"H800": "H100-SXM"}
 FAMILIES = {"A100-40GB": "ampere", "A100-80GB": "ampere", "H100-SXM": "hopper", "H100-96GB": "hopper",
             "H800": "hopper", "H200": "hopper", "H20": "hopper"}
 
@@ -59,7 +62,7 @@ class Parameters:
 
     def hardware(self, hw: HardwareSpec) -> HardwareSpec:
         """`hw` with these parameters applied."""
-        gemm = self.gemm_efficiency.get(hw.name, hw.calibration.gemm_efficiency)
+        gemm = self.gemm_efficiency.get(TIED.get(hw.name, hw.name), hw.calibration.gemm_efficiency)
         cal = dataclasses.replace(
             hw.calibration, gemm_efficiency=gemm,
             attention_efficiency=min(1.0, gemm * self.shared["attention_ratio"]),
@@ -150,7 +153,7 @@ def loss(items: list[Prepared], params: Parameters) -> float:
 def fit(items: list[Prepared], start: Parameters, *, rounds: int = 4) -> Parameters:
     """Coordinate descent over multiplicative grids that shrink each round."""
     best, best_loss = start, loss(items, start)
-    devices = {i.case.cluster.hardware.name for i in items}
+    devices = {TIED.get(i.case.cluster.hardware.name, i.case.cluster.hardware.name) for i in items}
     names = [n for n in start.names() if "[" not in n or n.split("[")[1].rstrip("]") in devices]
     step = 0.3
     for _ in range(rounds):
@@ -172,6 +175,9 @@ def _fill_unseen(params: Parameters, seen: set[str]) -> Parameters:
     fitted = {d: e for d, e in params.gemm_efficiency.items() if d in seen}
     gemm = dict(params.gemm_efficiency)
     for device in gemm:
+        if device in TIED:
+            gemm[device] = gemm[TIED[device]]
+            continue
         if device in seen or not fitted:
             continue
         family = [e for d, e in fitted.items() if FAMILIES.get(d) == FAMILIES.get(device, "?")]

@@ -173,7 +173,7 @@ def solve_block(block: Block, ctx: ShardingContext, groups: Groups, hw: Hardware
     objective += _flag_terms(model, block, allowed, choose, costs)
     model.Minimize(sum(objective))
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.max_deterministic_time = time_limit_s  # work units, not wall time: reproducible plans
     solver.parameters.num_workers = 1  # deterministic
     solver.parameters.linearization_level = 2  # the reshard implications make a weak LP otherwise: 6x faster
     status = solver.Solve(model)

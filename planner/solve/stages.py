@@ -14,7 +14,8 @@ Variables
   t_max                                  the slowest device stage
 Constraints
   (1) contiguous, non-empty chunks:      bound[0] = 0, bound[C] = N, bound[c+1] >= bound[c] + 1
-  (2) overlap with each run:             count[c][r] = max(0, min(bound[c+1], end_r) - max(bound[c], start_r))
+  (2) overlap with each run:             count[c][r] = done(bound[c+1], r) - done(bound[c], r),
+                                         done(b, r) = min(max(b - start_r, 0), end_r - start_r)
   (3) recompute split:                   sum_k mode[c][r][k] = count[c][r]
   (4) memory per device stage s:         sum_{c on s} sum_r count[c][r] static_r
                                          + inflight_s sum_{c on s} sum_{r,k} mode[c][r][k] act_rk <= budget
@@ -120,7 +121,9 @@ def _stages_from_counts(problem: PartitionProblem, bounds: list[int], modes: dic
 def solve_partition(problem: PartitionProblem, *, time_limit_s: float = 2.0) -> Partition:
     """Optimal contiguous partition with per-layer recompute (CP-SAT), started from the even split.
 
-    Past `time_limit_s` the best partition found so far is returned with status FEASIBLE and its bound.
+    `time_limit_s` is CP-SAT's deterministic time (work units of about a second), not wall time, so that
+    the same inputs give the same plan on a busy machine; past it the best partition found so far is
+    returned with status FEASIBLE and its bound.
     """
     start_clock = time.perf_counter()
     runs = problem.runs()
@@ -129,9 +132,11 @@ def solve_partition(problem: PartitionProblem, *, time_limit_s: float = 2.0) -> 
     bound = [model.NewIntVar(0, n_layers, f"bound[{c}]") for c in range(chunks + 1)]
     count, mode = {}, {}
     _contiguous_chunks(model, bound, n_layers)
+    done = {(c, r): _layers_before(model, bound[c], start, end, n_layers, f"{c},{r}")
+            for c in range(chunks + 1) for r, (_, start, end) in enumerate(runs)}
     for c in range(chunks):
         for r, (kind, start, end) in enumerate(runs):
-            count[c, r] = _overlap(model, bound[c], bound[c + 1], start, end, n_layers, f"{c},{r}")
+            count[c, r] = done[c + 1, r] - done[c, r]
             for k in problem.modes:
                 mode[c, r, k] = model.NewIntVar(0, end - start, f"mode[{c}][{r}][{k}]")
             model.Add(sum(mode[c, r, k] for k in problem.modes) == count[c, r])
@@ -146,7 +151,7 @@ def solve_partition(problem: PartitionProblem, *, time_limit_s: float = 2.0) -> 
     model.Minimize(cp_model.LinearExpr.Sum(stage_time + ([weight * t_max] if weight else [])
                                            + _least_recompute(problem, mode)))
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.max_deterministic_time = time_limit_s
     solver.parameters.num_workers = 1
     status = solver.Solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -188,17 +193,17 @@ def _contiguous_chunks(model: cp_model.CpModel, bound: list, n_layers: int) -> N
         model.Add(bound[c + 1] >= bound[c] + 1)
 
 
-def _overlap(model: cp_model.CpModel, lo, hi, start: int, end: int, n_layers: int, name: str):
-    """count = max(0, min(hi, end) - max(lo, start)): layers of run [start, end) inside chunk [lo, hi)."""
-    first = model.NewIntVar(0, n_layers, f"first[{name}]")
-    last = model.NewIntVar(0, n_layers, f"last[{name}]")
-    model.AddMaxEquality(first, [lo, start])
-    model.AddMinEquality(last, [hi, end])
-    span = model.NewIntVar(-n_layers, n_layers, f"span[{name}]")
-    model.Add(span == last - first)
-    n = model.NewIntVar(0, end - start, f"count[{name}]")
-    model.AddMaxEquality(n, [span, 0])
-    return n
+def _layers_before(model: cp_model.CpModel, bound, start: int, end: int, n_layers: int, name: str):
+    """Layers of run [start, end) before position `bound`: min(max(bound - start, 0), end - start).
+
+    Monotone in the bound, so a chunk's share of a run is the difference of two of these (2)."""
+    shifted = model.NewIntVar(-n_layers, n_layers, f"shifted[{name}]")
+    model.Add(shifted == bound - start)
+    positive = model.NewIntVar(0, n_layers, f"positive[{name}]")
+    model.AddMaxEquality(positive, [shifted, 0])
+    clamped = model.NewIntVar(0, end - start, f"done[{name}]")
+    model.AddMinEquality(clamped, [positive, end - start])
+    return clamped
 
 
 def _memory_per_stage(model: cp_model.CpModel, problem: PartitionProblem, runs, count, mode) -> None:
