@@ -75,6 +75,8 @@ def read_model_spec(weights_path: str | os.PathLike) -> "ModelSpec":
     from planner.frontends.spec import ModelSpec
 
     path = Path(weights_path)
+    if not path.exists():
+        raise ValueError(f"weights path {str(path)!r} does not exist")
     spec_file = (path if path.is_dir() else path.parent) / MODEL_SPEC_NAME
     if not spec_file.is_file():
         raise ValueError(f"no {MODEL_SPEC_NAME} next to {str(path)!r}; name the model (preset or config.json)")

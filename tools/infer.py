@@ -17,6 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python tools/...py): make the project importable, as tools/train.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("both", "dynamic", "static")
 

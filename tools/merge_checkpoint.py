@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python tools/...py): make the project importable, as tools/train.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 class _Parser(argparse.ArgumentParser):
