@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from planner.api import DoesNotFit, Request, plan_request
 from planner.calibration.cases import PublishedCase
 from planner.plan import PlanReport
+from planner.solve.search import parse_layout
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,12 +37,7 @@ def predicted_metric(report: PlanReport, metric: str) -> float:
 
 def request_of(case: PublishedCase, *, with_layout: bool = True) -> Request:
     return Request(spec=case.spec, cluster=case.cluster, workload=case.workload,
-                   fixed=_fixed(case.layout) if with_layout else {})
-
-
-def _fixed(layout: str) -> dict:
-    from planner.solve.search import parse_layout
-    return parse_layout(layout)
+                   fixed=parse_layout(case.layout) if with_layout else {})
 
 
 def score(case: PublishedCase) -> Score:

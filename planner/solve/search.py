@@ -18,9 +18,11 @@ cached per block kind and mp/ep/sp/topology), and the best refined plan wins.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
+from cost_models.collectives import collective_time_s
 from cost_models.hardware import ClusterSpec, HardwareSpec
 from planner.frontends.spec import ModelSpec
 from planner.plan import RECOMPUTE_MODES, Layout, SolverStats
@@ -270,7 +272,6 @@ class Planner:
         budget = hw.memory_bytes - hw.calibration.runtime_reserve_bytes - transient
         p2p = 0.0
         if layout.pp > 1:
-            from cost_models.collectives import collective_time_s
             p2p = 2 * collective_time_s("p2p", max(c.boundary_bytes for c in costs.values()), topo.pp_p2p, hw)
         return PartitionProblem(layer_kinds=self.graph.layer_kinds, time_s=time_s,
                                 act_bytes={k: c.act_bytes for k, c in costs.items()}, static_bytes=static,
@@ -340,12 +341,12 @@ class Planner:
             return None
         most = max(partition.stages[0].recompute + tuple(m for s in partition.stages for m in s.recompute),
                    key=RECOMPUTE_MODES.index)
-        layout = _with(layout, recompute=most)
+        layout = dataclasses.replace(layout, recompute=most)
         candidate = Candidate(layout=layout, lean=candidate.lean)
         topo = self.topology(layout, cluster)
         shardings = self.shardings(layout, candidate.lean, topo, cluster.hardware)
         return Solution(candidate=candidate, shardings=shardings, partition=partition,
-                        estimate=_relabel(result, layout))
+                        estimate=dataclasses.replace(result, layout=layout))
 
     def fits(self, cluster: ClusterSpec, fixed: dict | None = None) -> bool:
         """Whether some layout fits `cluster`: candidates in order of their static memory, even splits."""
@@ -452,16 +453,6 @@ def _partition_stats(partition: Partition) -> dict:
 def _sharding_stats(shardings: dict) -> dict:
     return {kind: {"status": s.status, "objective_s": s.objective_s, "bound_s": s.bound_s, "wall_s": s.wall_s}
             for kind, s in sorted(shardings.items())}
-
-
-def _with(layout: Layout, **changes) -> Layout:
-    import dataclasses
-    return dataclasses.replace(layout, **changes)
-
-
-def _relabel(result: Estimate, layout: Layout) -> Estimate:
-    import dataclasses
-    return dataclasses.replace(result, layout=layout)
 
 
 def _combine(a: LayerCost, b: LayerCost) -> LayerCost:
