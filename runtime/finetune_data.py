@@ -140,6 +140,8 @@ def _texts(record, key: str, *, allow_empty: bool = False) -> list[str]:
 
 
 def _check_length(tokens: int, seq_length: int) -> None:
+    if tokens < 2:
+        raise BadLine(f"the texts give {tokens} token(s); an example needs at least 2")
     if tokens > seq_length + 1:
         raise BadLine(f"{tokens} tokens, longer than seq_length + 1 = {seq_length + 1} "
                       "(the row holds the example shifted by one)")

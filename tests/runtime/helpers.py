@@ -105,7 +105,8 @@ def subprocess_env() -> dict:
 
 def run_train(args_file: Path, *, nproc: int, log_dir: Path, timeout_s: float = 300) -> subprocess.CompletedProcess:
     """tools/train.py on one process, or under paddle.distributed.launch with `nproc` processes."""
-    return _launch([str(REPO / "tools" / "train.py"), str(args_file)], nproc=nproc, log_dir=log_dir, timeout_s=timeout_s)
+    return _launch([str(REPO / "tools" / "train.py"), str(args_file)], nproc=nproc, log_dir=log_dir,
+                   timeout_s=timeout_s)
 
 
 def run_train_many(args_files: list[Path], *, nproc: int, log_dir: Path,
