@@ -49,6 +49,15 @@ def test_every_family_learns_the_toy_set_in_every_mode(tmp_path, finetune_data, 
     assert losses["dpo"][-1] < 0.5 * math.log(2), losses
 
 
+def test_packed_sft_rows_train(tmp_path, finetune_data, tiny_tokenizer_dir):
+    args = _args(tmp_path, finetune_data, tiny_tokenizer_dir, mode="sft", max_steps=4,
+                 mode_args={"tokenizer": str(tiny_tokenizer_dir), "packing": True})
+    trainer = _trainer(args)
+    assert len(trainer.loader.dataset.rows) < 4  # the 4 short examples share rows of 32 tokens
+    history = trainer.run()
+    assert history[-1].loss < 0.7 * history[0].loss
+
+
 def test_base_weights_are_where_fine_tuning_starts(tmp_path, finetune_data, tiny_tokenizer_dir):
     from planner.frontends import load_preset
     from runtime.merge import MergeOptions, write_weights
