@@ -2,19 +2,20 @@
 
 import pytest
 
+from cost_models.hardware import load_hardware
 from planner.api import DoesNotFit, make_plan
 
 WORKLOAD = dict(seq_len=4096, global_batch=8)
 
 
 def test_lora_fits_a_model_that_full_fine_tuning_cannot():
-    # 70B parameters on 8 x 40 GB: full fine-tuning needs 16 bytes per parameter of weights, gradients and
-    # AdamW state (~1.1 TB over 320 GB); LoRA keeps the base as 2-byte frozen weights (140 GB) plus adapters.
+    # 70B parameters on 8 x 40 GiB: full fine-tuning needs 16 bytes per parameter of weights, gradients and
+    # AdamW state (~1.1 TB over 344 GB); LoRA keeps the base as 2-byte frozen weights (141 GB) plus adapters.
     with pytest.raises(DoesNotFit, match="llama3.1-70b does not fit on 8xA100-40GB"):
         make_plan("llama3.1-70b", "8xA100-40GB", mode="sft", **WORKLOAD)
     plan, report = make_plan("llama3.1-70b", "8xA100-40GB", mode="lora", lora_rank=8, **WORKLOAD)
     assert plan.mode == "lora" and report.fits
-    assert report.memory_bytes_per_device["total"] <= 40e9
+    assert report.memory_bytes_per_device["total"] <= load_hardware("A100-40GB").memory_bytes
 
 
 def test_lora_rank_scales_the_trainable_state():
