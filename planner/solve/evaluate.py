@@ -301,8 +301,8 @@ def layer_state_bytes(cost: LayerCost, *, layout: Layout, workload: Workload, to
         expert_trainable = 0.0 if lora else cost.expert_params
         state = state + state_bytes(expert_trainable, cost.expert_params - expert_trainable, layout.sharding_stage,
                                     topo.expert_dp.size)
-    if workload.mode == "dpo":  # the frozen reference model, sharded like the policy's weights
-        state = state + state_bytes(0.0, cost.dense_params + cost.expert_params, layout.sharding_stage, topo.dp.size)
+    if workload.mode == "dpo":  # the frozen reference model: split over mp/ep like the policy, whole over dp
+        state = state + state_bytes(0.0, cost.dense_params + cost.expert_params, 0, 1)
     return state
 
 

@@ -24,6 +24,9 @@ from math import prod
 from planner.trace.graph import OpNode
 
 LAYOUTS = ("R", "H", "P", "S")
+# MLA's down-projections into the latent stay whole on every mp rank, as in Megatron's and DeepSeek's
+# MLA (and Paddle 3.3.1's matmul-grad SPMD rule rejects a column split of them)
+UNSPLIT_PROJECTIONS = ("q_a_proj", "kv_a_proj_with_mqa")
 GROUPS = ("mp", "ep", "ep_mp")  # the mp axis, the expert-parallel group, and both together
 PHASES = ("fwd", "bwd")
 
@@ -93,6 +96,8 @@ def _linear(op: OpNode, ctx: ShardingContext) -> list[Strategy]:
     out = [Strategy(name="replicate", in_layouts=("R",), out_layout="R", work_divisor=1, param_divisor=1)]
     if m == 1:
         return out
+    if op.layer_pattern.endswith(UNSPLIT_PROJECTIONS):
+        in_f = out_f = 1  # no column or row split; tokens may still split under sequence parallelism
     if out_f % m == 0:
         out.append(Strategy(name="column", in_layouts=("R",), out_layout="H", work_divisor=m, param_divisor=m,
                             input_flag="grad_reduce", paddle_style="ColWiseParallel", weight_dim=1))
