@@ -38,7 +38,7 @@ from runtime.apply import (
     stage_meshes,
 )
 from runtime.args import TrainArgs
-from runtime.checkpoint import save_checkpoint
+from runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from runtime.cpu_shims import apply_cpu_shims
 from runtime.models import build_model
 from runtime.modes import load_mode
@@ -312,10 +312,11 @@ class Trainer:
             (output_dir / PLAN_FILE).write_text(json.dumps(self.plan.to_dict(), indent=1, sort_keys=True) + "\n")
         tokens_per_step = self.global_batch * self.seq_length
         batches = iter(self.loader)
+        first = self._resume(output_dir, batches, is_writer)
         on_terminal = is_writer and sys.stderr.isatty()
-        progress = tqdm(total=args.max_steps, desc="train", unit="step", disable=not on_terminal)
+        progress = tqdm(total=args.max_steps, initial=first - 1, desc="train", unit="step", disable=not on_terminal)
         history = []
-        for step in range(1, args.max_steps + 1):
+        for step in range(first, args.max_steps + 1):
             lr = self.optimizer.get_lr()
             start = time.perf_counter()
             loss = self._step(batches)
@@ -339,6 +340,26 @@ class Trainer:
         if self.mode.finish is not None:
             self.mode.finish(self)
         return history
+
+    def _resume(self, output_dir: Path, batches, is_writer: bool) -> int:
+        """Continue from the newest complete checkpoint, if any: the first step to run.
+
+        Model, optimizer, LR schedule and RNG come back from the checkpoint; the data iterator skips the
+        batches already consumed; metrics of steps after the checkpoint (a killed run's) are dropped so that
+        metrics.jsonl reads as one run.
+        """
+        latest = latest_checkpoint(output_dir) if self.args.save_interval else None
+        if latest is None:
+            return 1
+        done = load_checkpoint(latest, self.model, self.optimizer)["step"]
+        for _ in range(done * self.micro_steps):
+            next(batches)
+        if is_writer and (output_dir / METRICS_FILE).is_file():
+            kept = [line for line in (output_dir / METRICS_FILE).read_text().splitlines()
+                    if json.loads(line)["step"] <= done]
+            (output_dir / METRICS_FILE).write_text("".join(line + "\n" for line in kept))
+        log.info("resumed from %s after step %d", latest, done)
+        return done + 1
 
     def _step(self, batches) -> float:
         """One optimizer step; returns the global mean loss."""
