@@ -38,12 +38,10 @@ def trace_one(preset: str) -> dict:
     graph = trace_model_class(cls, config, seq_len=spec.default_seq_len, layer_kinds=spec.layer_kinds(), name=preset)
     traced = time.perf_counter()
     analytic = trace_model(spec, spec.default_seq_len)
-    buffers = spec.moe.num_experts * spec.layer_kinds().count("moe") if spec.family == "deepseek_v3" else 0
     return {"model": preset, "seq_len": spec.default_seq_len, "import_s": round(imported - start, 2),
             "trace_s": round(traced - imported, 2),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "params": int(graph.count_params()), "analytic_params": int(analytic.count_params()),
-            "buffer_params": buffers,  # DeepSeek-V3's e_score_correction_bias: a buffer in PaddleFormers
             "fwd_flops_ratio": graph.fwd_flops() / analytic.fwd_flops()}
 
 
