@@ -12,7 +12,6 @@ Deliberate disagreements (named where they are tested):
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
