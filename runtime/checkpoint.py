@@ -37,7 +37,6 @@ import random
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,28 +49,6 @@ _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 _KEY_SEP = "/"  # structured parameter name / accumulator suffix in optimizer keys
 _MASTER_WEIGHTS = "master_weights"
 _LR_SCHEDULER = "LR_Scheduler"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CheckpointPolicy:
-    """When the train loop saves and how many complete checkpoints it keeps.
-
-    every_steps: save after every `every_steps` optimizer steps (0: only at the end).
-    keep_last: keep this many newest checkpoints, deleting older ones (0: keep all).
-    """
-
-    every_steps: int = 0
-    keep_last: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("every_steps", "keep_last"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"CheckpointPolicy: {name} must be an integer >= 0, got {value!r}")
-
-    def due(self, step: int, total_steps: int) -> bool:
-        """Whether to save after optimizer step `step` (1-based) of `total_steps`."""
-        return step == total_steps or (self.every_steps > 0 and step % self.every_steps == 0)
 
 
 def _dist():
@@ -291,5 +268,5 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer) -> dict:
     return {**meta["extra"], "step": meta["step"]}
 
 
-__all__ = ["CheckpointPolicy", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints",
+__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints",
            "checkpoint_step", "optimizer_tensors"]

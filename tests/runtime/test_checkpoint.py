@@ -59,18 +59,6 @@ def _train_steps(model, opt, schedule, first: int, last: int, shard=None) -> lis
     return losses
 
 
-def test_policy_validation_and_due():
-    from runtime.checkpoint import CheckpointPolicy
-
-    policy = CheckpointPolicy(every_steps=3, keep_last=2)
-    assert [s for s in range(1, 11) if policy.due(s, 10)] == [3, 6, 9, 10]
-    assert [s for s in range(1, 6) if CheckpointPolicy().due(s, 5)] == [5]
-    with pytest.raises(ValueError, match="every_steps must be an integer >= 0, got -1"):
-        CheckpointPolicy(every_steps=-1)
-    with pytest.raises(ValueError, match="keep_last"):
-        CheckpointPolicy(keep_last=1.5)
-
-
 def test_resume_reproduces_uninterrupted_losses(tmp_path):
     import paddle
 
