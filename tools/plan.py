@@ -13,7 +13,6 @@ Exit codes: 0 a plan, 2 bad input, 3 the model does not fit.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

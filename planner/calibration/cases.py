@@ -10,7 +10,6 @@ incomplete layout would). Every interpretation is written next to its rule.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 

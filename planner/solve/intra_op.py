@@ -41,7 +41,6 @@ import itertools
 import time
 from dataclasses import dataclass
 
-import networkx as nx
 from ortools.sat.python import cp_model
 
 from cost_models.hardware import HardwareSpec
