@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 from cost_models.collectives import CommGroup, collective_time_s
 from cost_models.compute import MATMUL_OPS, UNFUSED_TRAFFIC_FACTOR, op_time_s, optimizer_step_s
 from cost_models.hardware import HardwareSpec
